@@ -1,0 +1,1 @@
+"""GPT-SoVITS models, checkpoint readers and writers."""

@@ -1,0 +1,12 @@
+"""specdec: exact speculative decoding for GPT-SoVITS."""
+from specdec.api import engine_for, generate, generate_batch
+from specdec.engine import Engine, GenerationOutput, Request
+from specdec.errors import SpecdecError
+from specdec.models.checkpoint import load_gpt, save_gpt
+from specdec.models.gpt import GPT, GPTConfig
+from specdec.sampling import SamplingParams
+from specdec.stats import SpecStats
+
+__all__ = ["Engine", "GPT", "GPTConfig", "GenerationOutput", "Request", "SamplingParams", "SpecStats",
+           "SpecdecError", "engine_for", "generate", "generate_batch", "load_gpt", "save_gpt"]
+__version__ = "0.1.0"

@@ -1,0 +1,226 @@
+"""Drafters: who proposes the k tokens the target verifies.
+
+  gpt          a small GPT of the target's own class with its own pages under the shared block ids;
+  layerskip:N  the target's first N layers + its head (self-speculation): its K/V for those layers *is* the
+               target's, written once into the target's own pages, and verification starts at layer N from the
+               draft's hidden states;
+  ngram        prompt lookup over the sequence's own history (prompt + generated); deterministic, q one-hot.
+
+The contract that keeps speculation exact: `Proposal.q[i]` is exactly the distribution `drafts[i]` was sampled
+from. Drafters sample from the upstream warper chain applied to their own logits (same history, same EOS ban),
+which maximises acceptance and costs nothing in exactness.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+
+from specdec.cache import PagePool
+from specdec.errors import SpecdecError
+from specdec.kernels import AttentionMetadata
+from specdec.models.gpt import GPT
+from specdec.sampling import MIN_STEPS_BEFORE_EOS, exponential_noise, race, warp
+
+if TYPE_CHECKING:
+    from specdec.engine import Engine, Sequence
+
+
+@dataclass
+class Proposal:
+    drafts: list[int]
+    q: torch.Tensor | None  # [len(drafts), V]
+    hidden: torch.Tensor | None = None  # [len(drafts)+1, d] layer-`start_layer` input for the verify pass
+    start_layer: int = 0
+
+    @staticmethod
+    def empty() -> "Proposal":
+        return Proposal([], None)
+
+
+class Drafter:
+    def bind(self, pool: PagePool, target_kv: list) -> None:
+        """Called whenever the engine (re)creates its page pool."""
+
+    def prefill(self, seqs: list["Sequence"], xs: list[torch.Tensor], meta: AttentionMetadata,
+                target_hidden: torch.Tensor) -> None:
+        """Called after the target's prefill, with its inputs and metadata."""
+
+    def propose(self, engine: "Engine", seqs: list["Sequence"], ks: list[int]) -> list[Proposal]:
+        raise NotImplementedError
+
+
+def _sample_draft(s: "Sequence", logits: torch.Tensor, drafts: list[int], eos: int) -> tuple[int, torch.Tensor]:
+    """Warp the draft's logits [V] exactly as the target's would be at this position, sample from them, and return
+    the token with the distribution it came from."""
+    seen = s.seen.clone()
+    if drafts:
+        seen[drafts] = True
+    ban = len(s.generated) + len(drafts) < MIN_STEPS_BEFORE_EOS
+    q, _ = warp(logits[None].float(), seen[None], torch.tensor([ban]), s.request.params)
+    return race(q[0], exponential_noise(ban, q.shape[-1], s.generator)), q[0]
+
+
+class _ModelDrafter(Drafter):
+    """Shared drafting loop of model-based drafters: feed tokens, sample from the exit logits, repeat."""
+
+    model: GPT
+
+    def _step(self, engine: "Engine", seqs: list["Sequence"], feeds: list[list[int]]) -> torch.Tensor:
+        """Feed tokens (ending at each sequence's newest position) through the draft; returns [B, d] last rows."""
+        raise NotImplementedError
+
+    def _draft(self, engine: "Engine", seqs: list["Sequence"], ks: list[int]):
+        eos = engine.target.cfg.eos
+        drafts = {id(s): [] for s in seqs}
+        qs = {id(s): [] for s in seqs}
+        active = [s for s, k in zip(seqs, ks) if k > 0]
+        kmax = dict(zip(map(id, seqs), ks))
+        feeds = [self._catch_up(s) for s in active]
+        while active:
+            h = self._step(engine, active, feeds)
+            logits = self.model.logits(h)
+            nxt, feeds = [], []
+            for i, s in enumerate(active):
+                d, q = _sample_draft(s, logits[i], drafts[id(s)], eos)
+                drafts[id(s)].append(d)
+                qs[id(s)].append(q)
+                if len(drafts[id(s)]) < kmax[id(s)] and d != eos:
+                    nxt.append(s)
+                    feeds.append([d])
+            active = nxt
+        return drafts, qs
+
+    def _catch_up(self, s: "Sequence") -> list[int]:
+        """Tokens the draft has not seen yet, ending with the pending token."""
+        first_gen = s.prefix_len + s.prompt_len
+        return [s.generated[p - first_gen] for p in range(s.draft_len, s.pending_pos + 1)]
+
+
+class GPTDrafter(_ModelDrafter):
+    def __init__(self, model: GPT, target: GPT):
+        if model.cfg.vocab_size != target.cfg.vocab_size or model.cfg.phoneme_vocab_size != target.cfg.phoneme_vocab_size:
+            raise SpecdecError(f"draft vocabularies ({model.cfg.phoneme_vocab_size} phones, {model.cfg.vocab_size} "
+                               f"tokens) differ from the target's ({target.cfg.phoneme_vocab_size}, "
+                               f"{target.cfg.vocab_size})")
+        self.model = model.eval()
+        self.kv: list = []
+
+    def bind(self, pool, target_kv):
+        c = self.model.cfg
+        self.kv = pool.new_kv(c.n_layer, c.n_head, c.head_dim, self.model.dtype, self.model.device)
+
+    def prefill(self, seqs, xs, meta, target_hidden):
+        parts = []
+        for s in seqs:
+            r = s.request
+            x = self.model.embed_text(r.phones, r.bert)
+            if s.prompt_len:
+                x = torch.cat([x, self.model.embed_audio(r.prompt.long(), torch.arange(s.prompt_len))])
+            parts.append(x)
+        self.model(torch.cat(parts), meta, self.kv)
+
+    def _step(self, engine, seqs, feeds):
+        lens = [len(f) for f in feeds]
+        ends = [s.draft_len + n for s, n in zip(seqs, lens)]
+        tokens = [t for f in feeds for t in f]
+        positions = [s.audio_position(p) for s, e, n in zip(seqs, ends, lens) for p in range(e - n, e)]
+        x = self.model.embed_audio(torch.tensor(tokens), torch.tensor(positions))
+        h = self.model(x, engine.meta(seqs, lens, ends), self.kv)
+        for s, e in zip(seqs, ends):
+            s.draft_len = e
+        return h[torch.tensor(lens).cumsum(0) - 1]
+
+    def propose(self, engine, seqs, ks):
+        drafts, qs = self._draft(engine, seqs, ks)
+        return [Proposal(drafts[id(s)], torch.stack(qs[id(s)]) if qs[id(s)] else None) for s in seqs]
+
+
+class LayerSkipDrafter(_ModelDrafter):
+    def __init__(self, target: GPT, n_layers: int):
+        if not 1 <= n_layers < target.cfg.n_layer:
+            raise SpecdecError(f"layerskip:{n_layers} needs 1 <= N < {target.cfg.n_layer} (the target's layers)")
+        self.model, self.n = target, n_layers
+        self.kv: list = []
+        self._hidden: dict[int, list[torch.Tensor]] = {}
+
+    def bind(self, pool, target_kv):
+        self.kv = target_kv  # the very pages of the target's first N layers
+
+    def _step(self, engine, seqs, feeds):
+        # always one token per sequence: the draft's K/V never lags the target's (they are the same pages)
+        tokens = [f[-1] for f in feeds]
+        ends = [s.draft_len + 1 for s in seqs]
+        x = self.model.embed_audio(torch.tensor(tokens), torch.tensor([s.audio_position(e - 1)
+                                                                       for s, e in zip(seqs, ends)]))
+        h = self.model(x, engine.meta(seqs, [1] * len(seqs), ends), self.kv, end_layer=self.n)
+        for i, (s, e) in enumerate(zip(seqs, ends)):
+            s.draft_len = e
+            self._hidden[id(s)].append(h[i:i + 1])
+        return h
+
+    def _catch_up(self, s):
+        return [s.pending]
+
+    def propose(self, engine, seqs, ks):
+        for s in seqs:
+            s.draft_len = s.pending_pos  # the target wrote everything before the pending token
+            self._hidden[id(s)] = []
+        drafts, qs = self._draft(engine, seqs, ks)
+        # the last draft (or the pending token, when k = 0) still needs its first-N-layer pass for the verifier
+        tails = [s for s in seqs if len(self._hidden[id(s)]) == len(drafts[id(s)])]
+        if tails:
+            self._step(engine, tails, [[drafts[id(s)][-1] if drafts[id(s)] else s.pending] for s in tails])
+        out = [Proposal(drafts[id(s)], torch.stack(qs[id(s)]) if qs[id(s)] else None,
+                        torch.cat(self._hidden.pop(id(s))), self.n) for s in seqs]
+        return out
+
+
+class NgramDrafter(Drafter):
+    """Prompt lookup: find the longest recent n-gram (n ≤ max_ngram) that occurred before in the history and
+    propose what followed it."""
+
+    def __init__(self, vocab_size: int, max_ngram: int = 3):
+        self.vocab_size, self.max_ngram = vocab_size, max_ngram
+
+    def propose(self, engine, seqs, ks):
+        out = []
+        for s, k in zip(seqs, ks):
+            prompt = s.request.prompt.tolist() if s.prompt_len else []
+            drafts = lookup(prompt + s.generated, k, self.max_ngram) if k else []
+            q = torch.zeros(len(drafts), self.vocab_size)
+            q[torch.arange(len(drafts)), drafts] = 1.0
+            out.append(Proposal(drafts, q if drafts else None))
+        return out
+
+
+def lookup(history: list[int], k: int, max_ngram: int) -> list[int]:
+    """Up to k tokens that followed the latest earlier occurrence of the history's longest matching suffix."""
+    n_hist = len(history)
+    for n in range(min(max_ngram, n_hist - 1), 0, -1):
+        suffix = history[n_hist - n:]
+        for start in range(n_hist - n - 1, -1, -1):
+            if history[start:start + n] == suffix:
+                return history[start + n:start + n + k]
+    return []
+
+
+def make_drafter(draft, target: GPT) -> Drafter | None:
+    """None | Drafter | GPT | "gpt path" | "layerskip:N" | "ngram" | "ngram:N" → a Drafter."""
+    if draft is None or isinstance(draft, Drafter):
+        return draft
+    if isinstance(draft, GPT):
+        return GPTDrafter(draft, target)
+    if isinstance(draft, str):
+        kind, _, arg = draft.partition(":")
+        try:
+            if kind == "layerskip":
+                return LayerSkipDrafter(target, int(arg))
+            if kind == "ngram":
+                return NgramDrafter(target.cfg.vocab_size, int(arg) if arg else 3)
+        except ValueError:
+            raise SpecdecError(f"bad draft spec {draft!r}: expected layerskip:N or ngram[:N]") from None
+        from specdec.models.checkpoint import load_gpt
+        return GPTDrafter(load_gpt(draft), target)
+    raise SpecdecError(f"unsupported draft {draft!r}")

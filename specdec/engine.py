@@ -1,0 +1,222 @@
+"""Generation over the paged cache: prefill, then rounds of draft → verify → accept → rollback.
+
+Autoregressive decoding is the same round with k = 0 drafts: the target "verifies" just the pending token and the
+accept step samples the bonus token from p_1 — one loop, not two.
+
+Per sequence, `table.num_tokens` = L counts the tokens whose K/V the target holds (text, prompt, generated).
+The newest emitted token is *pending*: sampled but not yet fed. A round with k drafts:
+  1. reserve k+1 slots; the drafter proposes d_1..d_k from the pending token (writing its own K/V as it goes);
+  2. the target runs [pending, d_1..d_k] in one pass → p_1..p_{k+1};
+  3. accept / resample / bonus (specdec.sampling.accept) → n accepted drafts + one new pending token;
+  4. truncate the block table to L + 1 + n (rollback by length only).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from specdec.cache import BlockTable, PagePool
+from specdec.drafters import Drafter, Proposal, make_drafter
+from specdec.kernels import AttentionMetadata
+from specdec.models.gpt import GPT
+from specdec.sampling import MIN_STEPS_BEFORE_EOS, SamplingParams, accept, seen_block, warp
+from specdec.stats import SpecStats
+
+DEFAULT_PAGE_SIZE = 64
+
+
+@dataclass
+class Request:
+    phones: torch.Tensor  # [n_text] long: prompt phones + target phones
+    prompt: torch.Tensor | None = None  # [n_prompt] long semantic tokens of the reference, or None (prompt-free)
+    bert: torch.Tensor | None = None  # [bert_dim, n_text], or None for zeros (upstream's non-Chinese case)
+    params: SamplingParams = field(default_factory=SamplingParams)
+    k: int | None = None  # drafts per round; None: the engine's default
+
+
+@dataclass
+class GenerationOutput:
+    tokens: torch.Tensor  # [n_generated] long, EOS excluded
+    stats: SpecStats
+
+
+@dataclass
+class Sequence:
+    """Runtime state of one request."""
+
+    request: Request
+    table: BlockTable
+    prefix_len: int  # text tokens (the bidirectional prefix)
+    prompt_len: int  # reference prompt tokens
+    k: int
+    generator: torch.Generator
+    seen: torch.Tensor  # [V] bool: every token in prompt + generated (the repetition-penalty set)
+    generated: list[int] = field(default_factory=list)  # emitted tokens; the last one is pending until fed
+    draft_len: int = 0  # tokens whose K/V the draft holds (may lag the target by the last accepted draft)
+    done: bool = False
+    stats: SpecStats = field(default_factory=SpecStats)
+
+    @property
+    def pending(self) -> int:
+        return self.generated[-1]
+
+    @property
+    def pending_pos(self) -> int:
+        return self.prefix_len + self.prompt_len + len(self.generated) - 1
+
+    def audio_position(self, seq_pos: int) -> int:
+        return seq_pos - self.prefix_len  # audio positions restart at 0 at the first prompt token
+
+    def remaining(self) -> int:
+        return self.request.params.max_new_tokens - len(self.generated)
+
+    def emit(self, tokens: list[int]) -> None:
+        self.generated.extend(tokens)
+        if tokens:
+            self.seen[tokens] = True
+
+
+class Engine:
+    """Target GPT + optional drafter over one page pool. Reused across calls; grows its pool on demand."""
+
+    def __init__(self, target: GPT, draft: str | GPT | Drafter | None = None, k: int = 4,
+                 page_size: int = DEFAULT_PAGE_SIZE, backend: str | None = None):
+        self.target = target.eval()
+        self.k_default = k if draft is not None else 0
+        self.page_size, self.backend = page_size, backend
+        self.pool: PagePool | None = None
+        self.target_kv: list = []
+        self.drafter: Drafter | None = make_drafter(draft, target)
+
+    # ---- pool ----------------------------------------------------------------------------------------------
+    def _ensure_pool(self, tokens_needed: int) -> None:
+        blocks = -(-tokens_needed // self.page_size)
+        if self.pool is not None and self.pool.num_blocks >= blocks:
+            assert self.pool.num_free == self.pool.num_blocks, "pages leaked by an earlier call"
+            return
+        cfg = self.target.cfg
+        self.pool = PagePool(blocks, self.page_size)
+        self.target_kv = self.pool.new_kv(cfg.n_layer, cfg.n_head, cfg.head_dim, self.target.dtype, self.target.device)
+        if self.drafter is not None:
+            self.drafter.bind(self.pool, self.target_kv)
+
+    def meta(self, seqs: list[Sequence], query_lens: list[int], seq_lens: list[int]) -> AttentionMetadata:
+        return AttentionMetadata(query_lens, seq_lens, [s.prefix_len for s in seqs], [s.table.blocks for s in seqs],
+                                 self.page_size, self.target.device, self.backend)
+
+    # ---- entry point ---------------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def generate(self, requests: list[Request]) -> list[GenerationOutput]:
+        t0 = time.perf_counter()
+        need = sum(r.phones.numel() + (0 if r.prompt is None else r.prompt.numel()) + r.params.max_new_tokens
+                   + (self.k_default if r.k is None else r.k) + 2 for r in requests)
+        self._ensure_pool(need + self.page_size * len(requests))
+        seqs = [self._new_sequence(r) for r in requests]
+        try:
+            self._prefill(seqs)
+            live = [s for s in seqs if not s.done]
+            while live:
+                self._round(live)
+                live = [s for s in live if not s.done]
+        finally:
+            for s in seqs:
+                s.table.free()
+        wall = time.perf_counter() - t0
+        outs = []
+        for s in seqs:
+            s.stats.wall_s = wall
+            outs.append(GenerationOutput(torch.tensor(s.generated, dtype=torch.long), s.stats))
+        return outs
+
+    def _new_sequence(self, r: Request) -> Sequence:
+        V = self.target.cfg.vocab_size
+        seen = torch.zeros(V, dtype=torch.bool)
+        if r.prompt is not None and r.prompt.numel():
+            seen[r.prompt.long()] = True
+        g = torch.Generator()
+        g.manual_seed(r.params.seed if r.params.seed is not None else int(torch.seed()))
+        k = self.k_default if r.k is None else r.k
+        if k and self.drafter is None:
+            raise ValueError("k > 0 needs a draft")
+        prompt_len = 0 if r.prompt is None else r.prompt.numel()
+        return Sequence(r, BlockTable(self.pool), r.phones.numel(), prompt_len, k, g, seen)
+
+    # ---- prefill: text (bidirectional) + prompt (causal), then the first token -------------------------------
+    def _prefill(self, seqs: list[Sequence]) -> None:
+        t = time.perf_counter()
+        xs, lens = [], []
+        for s in seqs:
+            r = s.request
+            x = self.target.embed_text(r.phones.to(self.target.device), r.bert)
+            if r.prompt is not None and r.prompt.numel():
+                m = r.prompt.numel()
+                x = torch.cat([x, self.target.embed_audio(r.prompt.to(self.target.device).long(),
+                                                          torch.arange(m, device=x.device))])
+            xs.append(x)
+            lens.append(x.shape[0])
+            s.table.append(x.shape[0])
+        meta = self.meta(seqs, lens, lens)
+        h = self.target(torch.cat(xs), meta, self.target_kv)
+        last = torch.tensor(lens).cumsum(0) - 1
+        logits = self.target.logits(h[last])  # [B, V]
+        if self.drafter is not None:
+            self.drafter.prefill(seqs, xs, meta, h)
+        for i, s in enumerate(seqs):
+            s.draft_len = s.table.num_tokens
+            s.stats.prefill_s += time.perf_counter() - t
+            s.stats.target_passes += 1
+            self._accept(s, logits[i:i + 1], Proposal.empty())
+
+    # ---- one round for every live sequence -------------------------------------------------------------------
+    def _round(self, seqs: list[Sequence]) -> None:
+        ks = [min(s.k, s.remaining() - 1) for s in seqs]
+        for s, k in zip(seqs, ks):
+            s.table.append(k + 1)
+        t = time.perf_counter()
+        proposals = self.drafter.propose(self, seqs, ks) if any(ks) else [Proposal.empty() for _ in seqs]
+        t_draft = time.perf_counter() - t
+        t = time.perf_counter()
+        query_lens = [len(p.drafts) + 1 for p in proposals]
+        for s, k, ql in zip(seqs, ks, query_lens):
+            if ql < k + 1:  # the drafter stopped early (EOS proposed or unsure): give back the unused slots
+                s.table.truncate(s.table.num_tokens - (k + 1 - ql))
+        meta = self.meta(seqs, query_lens, [s.table.num_tokens for s in seqs])
+        start = proposals[0].start_layer
+        if start:  # layerskip: the draft already ran the first layers for these very tokens
+            x = torch.cat([p.hidden for p in proposals])
+        else:
+            tokens, positions = [], []
+            for s, p, ql in zip(seqs, proposals, query_lens):
+                tokens += [s.pending] + p.drafts
+                positions += [s.audio_position(s.pending_pos + i) for i in range(ql)]
+            x = self.target.embed_audio(torch.tensor(tokens, device=self.target.device),
+                                        torch.tensor(positions, device=self.target.device))
+        logits = self.target.logits(self.target(x, meta, self.target_kv, start_layer=start))  # [T, V]
+        t_verify = time.perf_counter() - t
+        q0 = 0
+        for s, p, ql in zip(seqs, proposals, query_lens):
+            s.stats.draft_s += t_draft / len(seqs)
+            s.stats.verify_s += t_verify / len(seqs)
+            s.stats.target_passes += 1
+            L = s.pending_pos
+            n = self._accept(s, logits[q0:q0 + ql], p)
+            s.table.truncate(L + 1 + n)  # keep the old pending token and the accepted drafts
+            s.draft_len = min(s.draft_len, L + 1 + n)
+            q0 += ql
+
+    def _accept(self, s: Sequence, logits: torch.Tensor, p: Proposal) -> int:
+        """Warp the target logits per position, accept/resample, emit; returns the number of accepted drafts."""
+        params, eos = s.request.params, self.target.cfg.eos
+        drafts = p.drafts
+        n_gen = len(s.generated)
+        ban = [n_gen + i < MIN_STEPS_BEFORE_EOS for i in range(len(drafts) + 1)]
+        seen = seen_block(s.seen, torch.tensor(drafts, dtype=torch.long))
+        probs, argmax_eos = warp(logits.float(), seen, torch.tensor(ban), params)
+        verdict = accept(probs, p.q, drafts, argmax_eos, ban, eos, s.generator)
+        s.emit(verdict.tokens)
+        s.stats.record_round(len(drafts), verdict.num_accepted, len(verdict.tokens))
+        if verdict.stopped or s.remaining() <= 0:
+            s.done = True
+        return verdict.num_accepted
