@@ -7,8 +7,11 @@ One call serves three modes, told apart only by the metadata:
 Rule for key j and query at absolute position i of the same sequence: visible iff j <= i or (i < P and j < P),
 where P = prefix_len. Decode and verify queries sit past the prefix, so for them this is plain causal.
 
-Cache layout per layer (vLLM / flash-attn "NHD"): k_cache, v_cache [num_blocks, page_size, H, D]; token t of a
-sequence lives in slot block_table[t // page_size] * page_size + t % page_size.
+Cache layout per layer: k_cache, v_cache of shape [num_blocks, page_size, H, D] (vLLM's "NHD" indexing); token t
+of a sequence lives in slot block_table[t // page_size] * page_size + t % page_size. The *storage* is head-major
+(`new_kv_cache`): every head's slots are contiguous across the whole pool, so a run of pages is one [H, S, D] view
+whose keys stream sequentially. On the 2-core CPU a cold-cache decode attention over 260 keys takes 91 µs that
+way against 161 µs over strided NHD storage (measured 2026-11-24). Kernels index through strides.
 """
 from __future__ import annotations
 
@@ -32,8 +35,9 @@ class AttentionMetadata:
     block_tables: list[list[int]]  # page ids per sequence, covering at least seq_len tokens
     page_size: int
     device: torch.device | str = "cpu"
-    backend: str | None = None  # None: the process default (see `default_backend`)
+    backend: str | None = None  # None: the process default for the device (see `default_backend`)
     slot_mapping: torch.Tensor = field(init=False)  # [T] int64, cache slot of each new token
+    slot_start: int | None = field(init=False)  # first slot when the new tokens' slots are one run (a slice write)
 
     def __post_init__(self):
         assert len(self.query_lens) == len(self.seq_lens) == len(self.prefix_lens) == len(self.block_tables)
@@ -42,6 +46,8 @@ class AttentionMetadata:
             assert 0 < ql <= sl <= len(bt) * self.page_size, (ql, sl, len(bt), self.page_size)
             slots.extend(bt[t // self.page_size] * self.page_size + t % self.page_size for t in range(sl - ql, sl))
         self.slot_mapping = torch.tensor(slots, dtype=torch.long, device=self.device)
+        self.slot_start = slots[0] if slots == list(range(slots[0], slots[0] + len(slots))) else None
+        self.backend = self.backend or default_backend(self.device)
 
     @property
     def num_tokens(self) -> int:
@@ -102,27 +108,48 @@ def _mask(q_len: int, seq_len: int, prefix_len: int, device) -> torch.Tensor | N
     return None if bool(mask.all()) else mask
 
 
+def new_kv_cache(num_blocks: int, page_size: int, n_head: int, head_dim: int, dtype=torch.float32,
+                 device="cpu") -> torch.Tensor:
+    """[num_blocks, page_size, H, D] pages with head-major storage (see the module docstring)."""
+    return torch.empty(n_head, num_blocks, page_size, head_dim, dtype=dtype, device=device).permute(1, 2, 0, 3)
+
+
+def head_major(cache: torch.Tensor) -> torch.Tensor:
+    """[num_blocks, page_size, H, D] cache → its [H, num_slots, D] storage view."""
+    nb, ps, H, D = cache.shape
+    return cache.permute(2, 0, 1, 3).view(H, nb * ps, D)
+
+
 def store_kv_torch(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                    slot_mapping: torch.Tensor) -> None:
     """Write the new tokens' K and V ([T, H, D]) into their cache slots."""
-    H, D = k_cache.shape[-2:]
-    k_cache.view(-1, H, D).index_copy_(0, slot_mapping, k)
-    v_cache.view(-1, H, D).index_copy_(0, slot_mapping, v)
+    head_major(k_cache).index_copy_(1, slot_mapping, k.transpose(0, 1))
+    head_major(v_cache).index_copy_(1, slot_mapping, v.transpose(0, 1))
+
+
+def _store_kv(k, v, k_cache, v_cache, meta: AttentionMetadata) -> None:
+    if meta.slot_start is None:
+        return store_kv_torch(k, v, k_cache, v_cache, meta.slot_mapping)
+    s, T = meta.slot_start, k.shape[0]  # one run of slots (every single-sequence step): a slice copy
+    head_major(k_cache)[:, s:s + T].copy_(k.transpose(0, 1))
+    head_major(v_cache)[:, s:s + T].copy_(v.transpose(0, 1))
 
 
 def paged_attention_torch(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                           meta: AttentionMetadata, scale: float | None = None) -> torch.Tensor:
     """Reference attention over the cache (new K/V already stored). q [T, H, D] → out [T, H, D]."""
-    H, D = k_cache.shape[-2:]
-    k_flat, v_flat = k_cache.view(-1, H, D), v_cache.view(-1, H, D)
-    out = torch.empty_like(q)
-    for q0, ql, keys, sl, mask in meta.torch_plan:
+    k_all, v_all = head_major(k_cache), head_major(v_cache)  # [H, num_slots, D]
+    plan = meta.torch_plan
+    out = torch.empty_like(q) if len(plan) > 1 else None
+    for q0, ql, keys, sl, mask in plan:
         if isinstance(keys, int):
-            kb, vb = k_flat[keys:keys + sl], v_flat[keys:keys + sl]  # [S, H, D] views
+            kb, vb = k_all[:, keys:keys + sl], v_all[:, keys:keys + sl]  # [H, S, D] views
         else:
-            kb, vb = k_flat.index_select(0, keys), v_flat.index_select(0, keys)
-        o = F.scaled_dot_product_attention(q[q0:q0 + ql].transpose(0, 1)[None], kb.transpose(0, 1)[None],
-                                           vb.transpose(0, 1)[None], attn_mask=mask, scale=scale)
+            kb, vb = k_all.index_select(1, keys), v_all.index_select(1, keys)
+        o = F.scaled_dot_product_attention(q[q0:q0 + ql].transpose(0, 1)[None], kb[None], vb[None],
+                                           attn_mask=mask, scale=scale)  # [1, H, q_len, D]
+        if out is None:
+            return o[0].transpose(0, 1)
         out[q0:q0 + ql] = o[0].transpose(0, 1)
     return out
 
@@ -141,9 +168,8 @@ def default_backend(device: torch.device | str) -> str:
 def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor,
                     v_cache: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
     """Store the new tokens' K/V ([T, H, D]) in their pages, then attend: q [T, H, D] → [T, H, D]."""
-    backend = meta.backend or default_backend(q.device)
-    if backend == "triton":
+    if meta.backend == "triton":
         from specdec.kernels import triton_attention  # lazy: triton is optional and slow to import
         return triton_attention.paged_attention(q, k, v, k_cache, v_cache, meta)
-    store_kv_torch(k, v, k_cache, v_cache, meta.slot_mapping)
+    _store_kv(k, v, k_cache, v_cache, meta)
     return paged_attention_torch(q, k_cache, v_cache, meta)

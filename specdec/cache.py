@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from specdec.errors import SpecdecError
+from specdec.kernels import new_kv_cache
 
 KVTensors = list[tuple[torch.Tensor, torch.Tensor]]  # per layer (k, v), each [num_blocks, page_size, H, D]
 
@@ -28,9 +29,9 @@ class PagePool:
     # ---- storage -------------------------------------------------------------------------------------------
     def new_kv(self, n_layer: int, n_head: int, head_dim: int, dtype=torch.float32, device="cpu") -> KVTensors:
         """Allocate and register one model's pages for every block id."""
-        shape = (self.num_blocks, self.page_size, n_head, head_dim)
-        kv = [(torch.empty(shape, dtype=dtype, device=device), torch.empty(shape, dtype=dtype, device=device))
-              for _ in range(n_layer)]
+        def pages():
+            return new_kv_cache(self.num_blocks, self.page_size, n_head, head_dim, dtype, device)
+        kv = [(pages(), pages()) for _ in range(n_layer)]
         self.kv.append(kv)
         return kv
 
@@ -48,7 +49,7 @@ class PagePool:
     def allocate(self, after: int | None) -> int:
         """One free page, preferably `after + 1` so a sequence's pages stay one contiguous run (the CPU attention
         path then reads them as a view); a new sequence starts in the middle of the longest free run, which keeps
-        room for its neighbours to grow contiguously too."""
+        room for the sequence before it to grow contiguously too."""
         if not self._free:
             raise SpecdecError(f"KV cache is full ({self.num_blocks} pages of {self.page_size} tokens); "
                                "raise max_tokens or lower the batch size")
@@ -66,7 +67,8 @@ class PagePool:
                 if b - start > best_len:
                     best_start, best_len = start, b - start
                 start = None
-        return best_start + (best_len - 1) // 2 if best_len > 2 else best_start
+        # a run at the start of the pool has no left neighbour to leave room for
+        return best_start if best_start == 0 else best_start + (best_len - 1) // 2
 
     def share(self, block: int) -> None:
         self.ref_counts[block] += 1
