@@ -6,7 +6,8 @@ from specdec.models.checkpoint import load_gpt, save_gpt
 from specdec.models.gpt import GPT, GPTConfig
 from specdec.sampling import SamplingParams
 from specdec.stats import SpecStats
+from specdec.upstream import install
 
 __all__ = ["Engine", "GPT", "GPTConfig", "GenerationOutput", "Request", "SamplingParams", "SpecStats",
-           "SpecdecError", "engine_for", "generate", "generate_batch", "load_gpt", "save_gpt"]
+           "SpecdecError", "engine_for", "generate", "generate_batch", "install", "load_gpt", "save_gpt"]
 __version__ = "0.1.0"

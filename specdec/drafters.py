@@ -51,15 +51,18 @@ class Drafter:
         raise NotImplementedError
 
 
-def _sample_draft(s: "Sequence", logits: torch.Tensor, drafts: list[int], eos: int) -> tuple[int, torch.Tensor]:
-    """Warp the draft's logits [V] exactly as the target's would be at this position, sample from them, and return
-    the token with the distribution it came from."""
-    seen = s.seen.clone()
-    if drafts:
-        seen[drafts] = True
-    ban = len(s.generated) + len(drafts) < MIN_STEPS_BEFORE_EOS
-    q, _ = warp(logits[None].float(), seen[None], torch.tensor([ban]), s.request.params)
-    return race(q[0], exponential_noise(ban, q.shape[-1], s.generator)), q[0]
+def _sample_drafts(seqs: list["Sequence"], logits: torch.Tensor, drafts: list[list[int]]
+                   ) -> tuple[list[int], torch.Tensor]:
+    """Warp the draft's logits [B, V] exactly as the target's would be at these positions (one batched call),
+    sample one token per sequence, and return the tokens with the distributions they came from."""
+    seen = torch.stack([s.seen for s in seqs])
+    for i, d in enumerate(drafts):
+        if d:
+            seen[i, d] = True
+    ban = [len(s.generated) + len(d) < MIN_STEPS_BEFORE_EOS for s, d in zip(seqs, drafts)]
+    q, _ = warp(logits, seen, torch.tensor(ban), [s.request.params for s in seqs])
+    tokens = [race(q[i], exponential_noise(b, q.shape[-1], s.generator)) for i, (s, b) in enumerate(zip(seqs, ban))]
+    return tokens, q
 
 
 class _ModelDrafter(Drafter):
@@ -80,12 +83,11 @@ class _ModelDrafter(Drafter):
         feeds = [self._catch_up(s) for s in active]
         while active:
             h = self._step(engine, active, feeds)
-            logits = self.model.logits(h)
+            tokens, q = _sample_drafts(active, self.model.logits(h), [drafts[id(s)] for s in active])
             nxt, feeds = [], []
-            for i, s in enumerate(active):
-                d, q = _sample_draft(s, logits[i], drafts[id(s)], eos)
+            for i, (s, d) in enumerate(zip(active, tokens)):
                 drafts[id(s)].append(d)
-                qs[id(s)].append(q)
+                qs[id(s)].append(q[i])
                 if len(drafts[id(s)]) < kmax[id(s)] and d != eos:
                     nxt.append(s)
                     feeds.append([d])

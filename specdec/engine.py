@@ -12,6 +12,7 @@ The newest emitted token is *pending*: sampled but not yet fed. A round with k d
 """
 from __future__ import annotations
 
+import secrets
 import time
 from dataclasses import dataclass, field
 
@@ -34,11 +35,13 @@ class Request:
     bert: torch.Tensor | None = None  # [bert_dim, n_text], or None for zeros (upstream's non-Chinese case)
     params: SamplingParams = field(default_factory=SamplingParams)
     k: int | None = None  # drafts per round; None: the engine's default
+    generator: torch.Generator | None = None  # overrides params.seed (install() passes torch's default generator)
 
 
 @dataclass
 class GenerationOutput:
     tokens: torch.Tensor  # [n_generated] long, EOS excluded
+    finish_reason: str  # "stop" (EOS: sampled or argmax) or "length" (max_new_tokens reached); vLLM's names
     stats: SpecStats
 
 
@@ -56,6 +59,7 @@ class Sequence:
     generated: list[int] = field(default_factory=list)  # emitted tokens; the last one is pending until fed
     draft_len: int = 0  # tokens whose K/V the draft holds (may lag the target by the last accepted draft)
     done: bool = False
+    finish_reason: str = ""
     stats: SpecStats = field(default_factory=SpecStats)
 
     @property
@@ -127,7 +131,7 @@ class Engine:
         outs = []
         for s in seqs:
             s.stats.wall_s = wall
-            outs.append(GenerationOutput(torch.tensor(s.generated, dtype=torch.long), s.stats))
+            outs.append(GenerationOutput(torch.tensor(s.generated, dtype=torch.long), s.finish_reason, s.stats))
         return outs
 
     def _new_sequence(self, r: Request) -> Sequence:
@@ -135,8 +139,10 @@ class Engine:
         seen = torch.zeros(V, dtype=torch.bool)
         if r.prompt is not None and r.prompt.numel():
             seen[r.prompt.long()] = True
-        g = torch.Generator()
-        g.manual_seed(r.params.seed if r.params.seed is not None else int(torch.seed()))
+        g = r.generator
+        if g is None:
+            g = torch.Generator()
+            g.manual_seed(r.params.seed if r.params.seed is not None else secrets.randbits(63))  # upstream's seed=-1
         k = self.k_default if r.k is None else r.k
         if k and self.drafter is None:
             raise ValueError("k > 0 needs a draft")
@@ -163,11 +169,11 @@ class Engine:
         logits = self.target.logits(h[last])  # [B, V]
         if self.drafter is not None:
             self.drafter.prefill(seqs, xs, meta, h)
-        for i, s in enumerate(seqs):
+        for s in seqs:
             s.draft_len = s.table.num_tokens
             s.stats.prefill_s += time.perf_counter() - t
             s.stats.target_passes += 1
-            self._accept(s, logits[i:i + 1], Proposal.empty())
+        self._accept(seqs, logits, [Proposal.empty() for _ in seqs])
 
     # ---- one round for every live sequence -------------------------------------------------------------------
     def _round(self, seqs: list[Sequence]) -> None:
@@ -195,28 +201,34 @@ class Engine:
                                         torch.tensor(positions, device=self.target.device))
         logits = self.target.logits(self.target(x, meta, self.target_kv, start_layer=start))  # [T, V]
         t_verify = time.perf_counter() - t
-        q0 = 0
-        for s, p, ql in zip(seqs, proposals, query_lens):
+        for s in seqs:
             s.stats.draft_s += t_draft / len(seqs)
             s.stats.verify_s += t_verify / len(seqs)
             s.stats.target_passes += 1
-            L = s.pending_pos
-            n = self._accept(s, logits[q0:q0 + ql], p)
+        positions = [s.pending_pos for s in seqs]
+        for s, L, n in zip(seqs, positions, self._accept(seqs, logits, proposals)):
             s.table.truncate(L + 1 + n)  # keep the old pending token and the accepted drafts
             s.draft_len = min(s.draft_len, L + 1 + n)
-            q0 += ql
 
-    def _accept(self, s: Sequence, logits: torch.Tensor, p: Proposal) -> int:
-        """Warp the target logits per position, accept/resample, emit; returns the number of accepted drafts."""
-        params, eos = s.request.params, self.target.cfg.eos
-        drafts = p.drafts
-        n_gen = len(s.generated)
-        ban = [n_gen + i < MIN_STEPS_BEFORE_EOS for i in range(len(drafts) + 1)]
-        seen = seen_block(s.seen, torch.tensor(drafts, dtype=torch.long))
-        probs, argmax_eos = warp(logits.float(), seen, torch.tensor(ban), params)
-        verdict = accept(probs, p.q, drafts, argmax_eos, ban, eos, s.generator)
-        s.emit(verdict.tokens)
-        s.stats.record_round(len(drafts), verdict.num_accepted, len(verdict.tokens))
-        if verdict.stopped or s.remaining() <= 0:
-            s.done = True
-        return verdict.num_accepted
+    def _accept(self, seqs: list[Sequence], logits: torch.Tensor, proposals: list[Proposal]) -> list[int]:
+        """Warp the target logits of every position (one batched call), then accept/resample and emit per
+        sequence; returns the number of accepted drafts per sequence."""
+        seen, ban, params = [], [], []
+        for s, p in zip(seqs, proposals):
+            n_gen, ql = len(s.generated), len(p.drafts) + 1
+            seen.append(seen_block(s.seen, torch.tensor(p.drafts, dtype=torch.long)))
+            ban += [n_gen + i < MIN_STEPS_BEFORE_EOS for i in range(ql)]
+            params += [s.request.params] * ql
+        probs, argmax_eos = warp(logits, torch.cat(seen), torch.tensor(ban), params)
+        accepted, q0, eos = [], 0, self.target.cfg.eos
+        for s, p in zip(seqs, proposals):
+            ql = len(p.drafts) + 1
+            verdict = accept(probs[q0:q0 + ql], p.q, p.drafts, argmax_eos[q0:q0 + ql], ban[q0:q0 + ql], eos,
+                             s.generator)
+            s.emit(verdict.tokens)
+            s.stats.record_round(len(p.drafts), verdict.num_accepted, len(verdict.tokens))
+            if verdict.stopped or s.remaining() <= 0:
+                s.done, s.finish_reason = True, "stop" if verdict.stopped else "length"
+            accepted.append(verdict.num_accepted)
+            q0 += ql
+        return accepted

@@ -49,15 +49,32 @@ class SamplingParams:
             raise SpecdecError(f"max_new_tokens must be in [1, {MAX_STEPS}] (got {self.max_new_tokens})")
 
 
-def warp(logits: torch.Tensor, seen: torch.Tensor, ban_eos: torch.Tensor, params: SamplingParams
-         ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The upstream warper chain on a block of positions.
+def warp(logits: torch.Tensor, seen: torch.Tensor, ban_eos: torch.Tensor,
+         params: SamplingParams | list[SamplingParams]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The upstream warper chain on a block of positions (rows may belong to different requests).
 
-    logits [N, V] (not modified), seen [N, V] bool, ban_eos [N] bool →
+    logits [N, V] (not modified), seen [N, V] bool, ban_eos [N] bool, params: one for all rows or one per row →
     probs [N, V] (EOS has probability 0 where banned), argmax_eos [N] bool (the stop rule's argmax test).
     """
+    if isinstance(params, SamplingParams):
+        return _warp(logits, seen, ban_eos, params)
+    groups: dict[SamplingParams, list[int]] = {}
+    for i, p in enumerate(params):
+        groups.setdefault(p, []).append(i)
+    if len(groups) == 1:
+        return _warp(logits, seen, ban_eos, params[0])
+    probs = torch.empty_like(logits, dtype=torch.float32)
+    argmax_eos = torch.empty(logits.shape[0], dtype=torch.bool)
+    for p, rows in groups.items():
+        idx = torch.tensor(rows)
+        probs[idx], argmax_eos[idx] = _warp(logits[idx], seen[idx], ban_eos[idx], p)
+    return probs, argmax_eos
+
+
+def _warp(logits, seen, ban_eos, params: SamplingParams):
     rp = params.repetition_penalty
-    x = logits if rp == 1.0 else torch.where(seen, torch.where(logits < 0, logits * rp, logits / rp), logits)
+    x = logits.float()
+    x = x if rp == 1.0 else torch.where(seen, torch.where(x < 0, x * rp, x / rp), x)
     if bool(ban_eos.any()):
         x = x.clone() if x is logits else x
         x[ban_eos, -1] = float("-inf")
@@ -115,6 +132,8 @@ def accept(p: torch.Tensor, q: torch.Tensor | None, drafts: list[int], argmax_eo
     """
     k = len(drafts)
     out: list[int] = []
+    if k and not bool(torch.isfinite(q).all()):
+        raise RuntimeError("the draft returned non-finite probabilities (a broken draft model?)")
     if k:
         u = torch.rand(k, generator=generator)
         pd = p[torch.arange(k), drafts]

@@ -93,4 +93,4 @@ def upstream_generate(model, phones, prompt, bert=None, *, top_k=15, top_p=1.0, 
     finally:
         hook.remove()
     m = 0 if prompt is None else prompt.numel()
-    return y[0, m:].long(), torch.stack(seen)
+    return y[0, m:].long(), torch.stack(seen) if seen else None

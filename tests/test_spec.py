@@ -1,0 +1,228 @@
+"""Speculative decoding is exact: greedy token identity, batch invariance, no page leaks, equal distributions."""
+import copy
+
+import pytest
+import torch
+from scipy.stats import chi2_contingency
+
+import specdec
+from specdec import GPT, GPTConfig, Request, SamplingParams
+import specdec.drafters
+import specdec.engine
+from specdec.engine import Engine
+from upstream import make_upstream_gpt, randomize_, upstream_generate
+
+PV = 732
+
+
+def tiny_gpt(n_layer=4, d=64, h=4, seed=0, eos_bias=0.0) -> GPT:
+    gpt = GPT(GPTConfig(n_layer=n_layer, d_model=d, n_head=h, phoneme_vocab_size=PV))
+    randomize_(gpt, seed, eos_bias)
+    return gpt.eval()
+
+
+def perturbed(gpt: GPT, scale: float, seed: int) -> GPT:
+    """A draft close to the target: its own weights plus noise (acceptance well below 1)."""
+    d = copy.deepcopy(gpt)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in d.parameters():
+            p.add_(scale * p.abs().mean() * torch.randn(p.shape, generator=g))
+    return d
+
+
+@pytest.fixture(scope="module")
+def target():
+    return tiny_gpt(eos_bias=3.5)
+
+
+def requests(n, seed=0, params=None, max_new=40):
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for i in range(n):
+        n_text = 5 + 7 * i
+        prompt = None if i == 1 else torch.randint(0, 1024, (3 + 5 * i,), generator=g)
+        out.append(Request(torch.randint(0, PV, (n_text,), generator=g), prompt,
+                           params=params or SamplingParams(top_k=1, max_new_tokens=max_new, seed=i)))
+    return out
+
+
+def draft_kinds(target):
+    return {"self": target, "gpt-2layer": tiny_gpt(2, 64, 4, seed=9), "layerskip:1": "layerskip:1",
+            "layerskip:3": "layerskip:3", "ngram": "ngram"}
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_greedy_speculative_equals_greedy_autoregressive(target, batch):
+    ref = Engine(target).generate(requests(batch))
+    assert {o.finish_reason for o in ref} <= {"stop", "length"}
+    for name, draft in draft_kinds(target).items():
+        for k in range(1, 9):
+            engine = Engine(target, draft, k=k)
+            outs = engine.generate(requests(batch))
+            for o, r in zip(outs, ref):
+                assert torch.equal(o.tokens, r.tokens), (name, k)
+                assert o.finish_reason == r.finish_reason
+            assert engine.pool.num_free == engine.pool.num_blocks, (name, k)  # every page came back
+    if batch == 3:
+        assert any(o.finish_reason == "stop" for o in ref) and any(len(o.tokens) > 11 for o in ref)
+
+
+def test_self_draft_accepts_almost_everything(target):
+    out = Engine(target, target, k=4).generate(requests(1, params=SamplingParams(max_new_tokens=60, seed=3)))[0]
+    st = out.stats
+    assert st.num_drafts > 0 and st.draft_acceptance_rate > 0.9
+    assert st.mean_acceptance_length > 4.0
+    assert len(st.acceptance_per_position) == 4
+
+
+@pytest.mark.parametrize("draft", ["layerskip:2", "ngram", "perturbed"])
+def test_a_batch_gives_each_request_what_it_gets_alone(target, draft):
+    draft = perturbed(target, 0.3, 1) if draft == "perturbed" else draft
+    params = [SamplingParams(max_new_tokens=30, seed=s) for s in (11, 12, 13, 14)]
+    reqs = [Request(r.phones, r.prompt, params=p) for r, p in zip(requests(4), params)]
+    engine = Engine(target, draft, k=3)
+    together = engine.generate(reqs)
+    alone = [engine.generate([r])[0] for r in reqs]
+    for a, b in zip(together, alone):
+        assert torch.equal(a.tokens, b.tokens)
+
+
+def test_same_seed_same_tokens(target):
+    engine = Engine(target, perturbed(target, 0.3, 2), k=4)
+    r = requests(1, params=SamplingParams(max_new_tokens=40, seed=7))
+    assert torch.equal(engine.generate(r)[0].tokens, engine.generate(r)[0].tokens)
+
+
+# ---- distribution: speculative vs autoregressive at the upstream defaults ----------------------------------
+N_SEEDS = 1500
+POSITIONS = (1, 3, 6, 10, 13)
+MAX_NEW = 18
+
+
+def _sample_many(engine: Engine, phones, prompt, seed0: int):
+    reqs = [Request(phones, prompt, params=SamplingParams(max_new_tokens=MAX_NEW, seed=seed0 + i))
+            for i in range(N_SEEDS)]
+    outs = []
+    for i in range(0, N_SEEDS, 500):
+        outs += engine.generate(reqs[i:i + 500])
+    return [o.tokens.tolist() for o in outs]
+
+
+def _repeats(s: list[int]) -> int:
+    return sum(x == y for x, y in zip(s, s[1:]))
+
+
+def _min_p_value(a: list[list[int]], b: list[list[int]]) -> float:
+    """Two-sample χ² on each position's token histogram, on the lengths and on the number of adjacent repeats
+    (what the repetition penalty shapes); rare values pooled into one bin."""
+    ps = []
+    for pos in POSITIONS:
+        xs, ys = [s[pos] for s in a if len(s) > pos], [s[pos] for s in b if len(s) > pos]
+        ps.append(_chi2(xs, ys))
+    ps.append(_chi2([len(s) for s in a], [len(s) for s in b]))
+    ps.append(_chi2([_repeats(s) for s in a], [_repeats(s) for s in b]))
+    return min(ps)
+
+
+def _chi2(xs, ys):
+    keys = sorted(set(xs) | set(ys))
+    counts = torch.tensor([[xs.count(k) for k in keys], [ys.count(k) for k in keys]], dtype=torch.float64)
+    common = counts.sum(0) >= 10
+    table = torch.cat([counts[:, common], counts[:, ~common].sum(1, keepdim=True)], 1)
+    table = table[:, table.sum(0) > 0]
+    return chi2_contingency(table.numpy())[1] if table.shape[1] > 1 else 1.0
+
+
+def sticky_gpt() -> GPT:
+    """A tiny target that likes to repeat itself, as speech tokens do (silences, steady vowels), so the
+    repetition penalty shapes its output: tied head rows = scaled token embeddings. Its EOS logit follows the last
+    LayerNorm's bias, which puts lengths all over 11..18."""
+    t = tiny_gpt(n_layer=2, d=32, h=2, seed=5)
+    with torch.no_grad():
+        E = t.audio_embedding.weight
+        head = 5.0 * E / E.norm(dim=1, keepdim=True)
+        beta = t.layers[-1].norm2.bias
+        beta.copy_(3.0 * beta / beta.norm())
+        head[-1] = 12.0 * beta / beta.norm() ** 2
+        t.head.weight.copy_(head)
+    return t
+
+
+@pytest.fixture(scope="module")
+def dist_setup():
+    target = sticky_gpt()
+    g = torch.Generator().manual_seed(0)
+    phones = torch.randint(0, PV, (9,), generator=g)
+    greedy = specdec.generate(target, phones, torch.randint(0, 1024, (2,), generator=g), top_k=1,
+                              max_new_tokens=12).tokens
+    prompt = greedy[:8]  # the model's own likely tokens: the repetition penalty bites on the top candidates
+    base = _sample_many(Engine(target), phones, prompt, seed0=0)
+    return target, phones, prompt, base
+
+
+ALPHA = 1e-3 / (len(POSITIONS) + 2)  # Bonferroni over the χ² tests of one comparison
+
+
+@pytest.mark.parametrize("draft", ["self", "perturbed", "layerskip:1", "ngram"])
+def test_speculative_sampling_has_the_autoregressive_distribution(dist_setup, draft):
+    target, phones, prompt, base = dist_setup
+    d = {"self": target, "perturbed": perturbed(target, 0.05, 3)}.get(draft, draft)  # perturbed: α ≈ 0.55
+    spec = _sample_many(Engine(target, d, k=4), phones, prompt, seed0=10**6)  # disjoint seeds
+    assert _min_p_value(base, spec) > ALPHA
+
+
+def test_the_distribution_test_detects_a_wrong_q(dist_setup, monkeypatch):
+    """Power check: a drafter that samples from its warped distribution but reports its raw softmax as q (the
+    transformers#47932 bug) must be caught by the same test at the same sample size."""
+    target, phones, prompt, base = dist_setup
+    real = specdec.drafters._sample_drafts
+
+    def buggy(seqs, logits, drafts):
+        tokens, _ = real(seqs, logits, drafts)
+        return tokens, torch.softmax(logits.float(), -1)
+
+    monkeypatch.setattr(specdec.drafters, "_sample_drafts", buggy)
+    wrong = _sample_many(Engine(target, perturbed(target, 0.05, 3), k=4), phones, prompt, 10**6)
+    assert _min_p_value(base, wrong) < ALPHA
+
+
+def test_the_distribution_test_detects_a_verifier_that_forgets_earlier_drafts(dist_setup, monkeypatch):
+    """Power check: position i's repetition penalty must include drafts 1..i-1; a verifier that penalises only
+    the committed history is caught."""
+    target, phones, prompt, base = dist_setup
+    monkeypatch.setattr(specdec.engine, "seen_block", lambda seen, drafts: seen.expand(len(drafts) + 1, -1))
+    wrong = _sample_many(Engine(target, target, k=4), phones, prompt, 10**6)
+    assert _min_p_value(base, wrong) < ALPHA
+
+
+def test_the_distribution_test_detects_a_missing_penalty(dist_setup):
+    target, phones, prompt, base = dist_setup
+    reqs_free = Engine(target)
+    outs = []
+    for i in range(0, N_SEEDS, 500):
+        outs += reqs_free.generate([Request(phones, prompt, params=SamplingParams(
+            max_new_tokens=MAX_NEW, seed=2 * 10**6 + i + j, repetition_penalty=1.0)) for j in range(500)])
+    assert _min_p_value(base, [o.tokens.tolist() for o in outs]) < ALPHA
+
+
+# ---- install(): an upstream model patched in place ---------------------------------------------------------
+@pytest.mark.parametrize("draft", [None, "layerskip:1", "ngram"])
+def test_install_keeps_upstream_tokens_and_contract(draft):
+    up, _ = make_upstream_gpt(3, 64, 4, PV, seed=4, eos_bias=1.2)
+    g = torch.Generator().manual_seed(1)
+    phones, prompt = torch.randint(0, PV, (20,), generator=g), torch.randint(0, 1024, (12,), generator=g)
+    cases = [(1, 0, -1), (1, 0, 25), (15, 1, 60)] if draft is None else [(1, 0, -1), (1, 0, 25)]
+    refs = []
+    for top_k, seed, esn in cases:
+        torch.manual_seed(seed)
+        refs.append(up.infer_panel(phones[None], torch.tensor([20]), prompt[None], torch.zeros(1, 1024, 20),
+                                   top_k=top_k, early_stop_num=esn))
+    free_ref = upstream_generate(up, phones, None, top_k=1, early_stop_num=30)[0]
+    specdec.install(up, draft=draft, k=3)
+    for (top_k, seed, esn), (y_ref, idx_ref) in zip(cases, refs):
+        torch.manual_seed(seed)
+        y, idx = up.infer_panel(phones[None], torch.tensor([20]), prompt[None], torch.zeros(1, 1024, 20),
+                                top_k=top_k, early_stop_num=esn)
+        assert torch.equal(y, y_ref) and idx == idx_ref, (top_k, seed, esn)
+    assert torch.equal(upstream_generate(up, phones, None, top_k=1, early_stop_num=30)[0], free_ref)
