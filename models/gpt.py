@@ -95,7 +95,7 @@ class Block(nn.Module):
         q, k, v = self.qkv(x).view(T, 3, self.n_head, self.head_dim).unbind(1)  # 3 × [T, H, D]
         a = paged_attention(q, k, v, k_cache, v_cache, meta)  # [T, H, D]
         x = self.norm1(x + self.out(a.reshape(T, d)))
-        return self.norm2(x + self.ffn_out(F.relu(self.ffn_in(x))))
+        return self.norm2(x + self.ffn_out(self.ffn_in(x).relu_()))
 
     def forward_dense(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Cache-free path for training and teacher forcing: x [B, T, d], mask [B, T, T] bool (True = attend)."""

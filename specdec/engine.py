@@ -20,6 +20,7 @@ import torch
 
 from specdec.cache import BlockTable, PagePool
 from specdec.drafters import Drafter, Proposal, make_drafter
+from specdec.errors import SpecdecError
 from specdec.kernels import AttentionMetadata
 from specdec.models.gpt import GPT
 from specdec.sampling import MIN_STEPS_BEFORE_EOS, SamplingParams, accept, seen_block, warp
@@ -134,7 +135,21 @@ class Engine:
             outs.append(GenerationOutput(torch.tensor(s.generated, dtype=torch.long), s.finish_reason, s.stats))
         return outs
 
+    def _validate(self, r: Request) -> None:
+        cfg = self.target.cfg
+        if r.phones.ndim != 1 or r.phones.numel() == 0:
+            raise SpecdecError("no phones to speak: the text produced an empty phone sequence")
+        if int(r.phones.min()) < 0 or int(r.phones.max()) >= cfg.phoneme_vocab_size:
+            raise SpecdecError(f"phone id {int(r.phones.max())} is outside the model's {cfg.phoneme_vocab_size}-symbol "
+                               "vocabulary (v1/v2 symbol-set mismatch?)")
+        if r.prompt is not None and r.prompt.numel() and (int(r.prompt.min()) < 0 or int(r.prompt.max()) >= cfg.eos):
+            raise SpecdecError(f"prompt tokens must lie in [0, {cfg.eos}) (got {int(r.prompt.max())})")
+        if r.bert is not None and tuple(r.bert.shape) != (cfg.bert_dim, r.phones.numel()):
+            raise SpecdecError(f"bert features must be [{cfg.bert_dim}, {r.phones.numel()}] (one column per phone), "
+                               f"got {list(r.bert.shape)}")
+
     def _new_sequence(self, r: Request) -> Sequence:
+        self._validate(r)
         V = self.target.cfg.vocab_size
         seen = torch.zeros(V, dtype=torch.bool)
         if r.prompt is not None and r.prompt.numel():
@@ -144,8 +159,8 @@ class Engine:
             g = torch.Generator()
             g.manual_seed(r.params.seed if r.params.seed is not None else secrets.randbits(63))  # upstream's seed=-1
         k = self.k_default if r.k is None else r.k
-        if k and self.drafter is None:
-            raise ValueError("k > 0 needs a draft")
+        if k < 0 or (k and self.drafter is None):
+            raise SpecdecError(f"k = {k} drafts per round needs k >= 0 and a draft")
         prompt_len = 0 if r.prompt is None else r.prompt.numel()
         return Sequence(r, BlockTable(self.pool), r.phones.numel(), prompt_len, k, g, seen)
 

@@ -1,4 +1,6 @@
-"""`install()`: run an unmodified upstream GPT-SoVITS pipeline's GPT through specdec.
+"""Upstream GPT-SoVITS interop: `install()` into an unmodified pipeline, and importing upstream as an oracle.
+
+`install()` runs an unmodified upstream GPT-SoVITS pipeline's GPT through specdec.
 
 Patches one `Text2SemanticDecoder` instance so that `infer_panel_naive` (and through it `infer_panel` and
 `infer_panel_naive_batched`) and `infer_panel_batch_infer` keep their arguments and their `(y, idx)` contracts but
@@ -7,6 +9,9 @@ that seeds torch gets the same tokens as before when `draft=None` (and the same 
 """
 from __future__ import annotations
 
+import importlib.util
+import os
+import sys
 import types
 
 import torch
@@ -81,3 +86,36 @@ def install(model: torch.nn.Module, draft=None, k: int = 4) -> torch.nn.Module:
     t2s.infer_panel_batch_infer = types.MethodType(infer_panel_batch_infer, t2s)
     t2s.specdec_engine = engine
     return model
+
+
+def import_upstream(module: str):
+    """Import a module of upstream's `GPT_SoVITS/` tree (PyPI `gpt-sovits-cpufast`, installed --no-deps).
+
+    Its modules import each other as top-level `AR.…`, so its folder goes on sys.path; the training-only
+    torchmetrics import is stubbed when torchmetrics is absent."""
+    spec = importlib.util.find_spec("GPT_SoVITS")
+    if spec is None or not spec.origin:
+        raise SpecdecError("upstream GPT-SoVITS not installed: pip install --no-deps gpt-sovits-cpufast==0.1.0")
+    root = os.path.dirname(spec.origin)
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    if "torchmetrics" not in sys.modules and importlib.util.find_spec("torchmetrics") is None:
+        tm, cls = types.ModuleType("torchmetrics"), types.ModuleType("torchmetrics.classification")
+        cls.MulticlassAccuracy = lambda *a, **k: torch.nn.Identity()
+        tm.classification = cls
+        sys.modules["torchmetrics"], sys.modules["torchmetrics.classification"] = tm, cls
+    return importlib.import_module(module)
+
+
+def upstream_t2s(cfg: GPTConfig, state: dict[str, torch.Tensor] | None = None) -> torch.nn.Module:
+    """An upstream Text2SemanticDecoder of this shape, with specdec-named weights `state` if given."""
+    T2S = import_upstream("AR.models.t2s_model").Text2SemanticDecoder
+    config = {"model": {"hidden_dim": cfg.d_model, "embedding_dim": cfg.d_model, "head": cfg.n_head,
+                        "n_layer": cfg.n_layer, "vocab_size": cfg.vocab_size, "phoneme_vocab_size": cfg.phoneme_vocab_size,
+                        "dropout": 0, "EOS": cfg.eos}}
+    model = T2S(config, top_k=3)
+    if state is not None:
+        from specdec.models.checkpoint import specdec_to_upstream
+        model.load_state_dict({specdec_to_upstream(k).removeprefix("model."): v for k, v in state.items()})
+    model.rebuild_t2s_transformer()  # the fork's inference blocks copy the weights at build time
+    return model.eval()

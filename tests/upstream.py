@@ -1,38 +1,23 @@
 """Upstream GPT-SoVITS (PyPI `gpt-sovits-cpufast==0.1.0`, installed --no-deps) as an oracle.
 
-Its modules import each other as top-level `AR.…`, so its `GPT_SoVITS` folder goes on sys.path; its training-only
-torchmetrics import is stubbed. After any change to the weights, `rebuild_t2s_transformer()` must run: the fork's
-inference blocks keep transposed copies of the weights (gpt-sovits.md §10).
+After any change to the weights, `rebuild_t2s_transformer()` must run: the fork's inference blocks keep
+transposed copies of the weights (gpt-sovits.md §10).
 """
 from __future__ import annotations
-
-import importlib.util
-import os
-import sys
-import types
 
 import pytest
 import torch
 
-
-def gpt_sovits_root() -> str | None:
-    spec = importlib.util.find_spec("GPT_SoVITS")
-    return os.path.dirname(spec.origin) if spec and spec.origin else None
+from specdec.errors import SpecdecError
+from specdec.upstream import import_upstream
 
 
-def require_upstream() -> str:
-    root = gpt_sovits_root()
-    if root is None:
-        pytest.fail("upstream oracle missing: pip install --no-deps gpt-sovits-cpufast==0.1.0 (README test command)")
-    if root not in sys.path:
-        sys.path.insert(0, root)
-    if "torchmetrics" not in sys.modules and importlib.util.find_spec("torchmetrics") is None:
-        tm = types.ModuleType("torchmetrics")
-        cls = types.ModuleType("torchmetrics.classification")
-        cls.MulticlassAccuracy = lambda *a, **k: torch.nn.Identity()
-        tm.classification = cls
-        sys.modules["torchmetrics"], sys.modules["torchmetrics.classification"] = tm, cls
-    return root
+def require_upstream():
+    """Put upstream's tree on sys.path (specdec.upstream.import_upstream); fail loudly when it is missing."""
+    try:
+        return import_upstream("AR.models.utils")
+    except SpecdecError as e:
+        pytest.fail(str(e))
 
 
 def upstream_config(n_layer: int, d_model: int, n_head: int, phoneme_vocab_size: int, vocab_size: int = 1025) -> dict:
