@@ -134,3 +134,108 @@ def ar_vs_upstream(shape: str = "v2", n_tokens: int = 150, repeats: int = 5, war
     return {"machine": machine(), "shape": shape, "n_tokens": n_tokens, "n_phones": phones.numel(),
             "n_prompt": prompt.numel(), "results": [as_dict(t) for t in timings.values()],
             "speedup_median": ours_t["tokens_per_s_median"] / up_t["tokens_per_s_median"]}
+
+
+# ---- speculative sweep: every draft kind × k, against the autoregressive path (and upstream) -------------------
+def spec_sweep(target, drafts: dict, ks: list[int], requests: list, repeats: int = 3, warmup: int = 1,
+               upstream: bool = False, progress=None) -> dict:
+    """tokens/s and acceptance of specdec AR, upstream (optional) and every (draft, k), interleaved."""
+    import specdec
+    from specdec.engine import Engine
+    stats: dict[str, list] = {}
+
+    def runner(engine: Engine, name: str):
+        def run() -> int:
+            outs = [engine.generate([r])[0] for r in requests]
+            stats.setdefault(name, []).extend(o.stats for o in outs)
+            return sum(len(o.tokens) for o in outs)
+        return run
+
+    contenders = {"AR": runner(Engine(target), "AR")}
+    for dname, draft in drafts.items():
+        for k in ks:
+            contenders[f"{dname} k={k}"] = runner(Engine(target, draft, k=k), f"{dname} k={k}")
+    if upstream:
+        from specdec.upstream import upstream_t2s
+        up = upstream_t2s(target.cfg, target.state_dict())
+
+        def run_upstream() -> int:
+            n = 0
+            for r in requests:
+                x = r.phones[None]
+                bert = torch.zeros(1, 1024, x.shape[1])
+                with torch.no_grad():
+                    y, _ = next(up.infer_panel_naive(x, torch.tensor([x.shape[1]]), r.prompt[None], bert,
+                                                     top_k=r.params.top_k, top_p=r.params.top_p,
+                                                     early_stop_num=r.params.max_new_tokens - 1,
+                                                     temperature=r.params.temperature,
+                                                     repetition_penalty=r.params.repetition_penalty))
+                n += y.shape[1] - r.prompt.numel()
+            return n
+        contenders["upstream infer_panel_naive"] = run_upstream
+    timings = run_interleaved(contenders, repeats, warmup, progress)
+    ar = timings["AR"].summary()["tokens_per_s_median"]
+    rows = []
+    for name, t in timings.items():
+        row = t.summary()
+        row["speedup_vs_AR"] = row["tokens_per_s_median"] / ar
+        if name in stats:
+            merged = stats[name][0]
+            for s in stats[name][1:]:
+                merged = merged.merge(s)
+            row.update(mean_acceptance_length=merged.mean_acceptance_length,
+                       draft_acceptance_rate=merged.draft_acceptance_rate,
+                       acceptance_per_position=merged.acceptance_per_position,
+                       target_passes=merged.target_passes, draft_s=merged.draft_s, verify_s=merged.verify_s)
+        rows.append(row)
+    return {"machine": machine(), "target": target.cfg.to_dict(), "ks": ks, "drafts": list(drafts),
+            "n_requests": len(requests), "rows": rows}
+
+
+def markdown_table(res: dict) -> str:
+    m = res["machine"]
+    lines = [f"GPT-only, {m['cpu']} ({m['cores']} cores), torch {m['torch']}, {m['date']}", "",
+             "| config | tok/s (median) | IQR | × AR | mean acceptance length | acceptance per position |",
+             "|---|---|---|---|---|---|"]
+    for r in res["rows"]:
+        acc = " ".join(f"{a:.2f}" for a in r.get("acceptance_per_position", []))
+        mal = f"{r['mean_acceptance_length']:.2f}" if "mean_acceptance_length" in r and acc else "–"
+        lines.append(f"| {r['name']} | {r['tokens_per_s_median']:.1f} | {r['tokens_per_s_q1']:.1f}–"
+                     f"{r['tokens_per_s_q3']:.1f} | {r['speedup_vs_AR']:.2f} | {mal} | {acc or '–'} |")
+    return "\n".join(lines) + "\n"
+
+
+def plots(res: dict, outdir: str) -> list[str]:
+    """speedup vs k per draft kind; acceptance per position at each draft kind's best k."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    rows = {r["name"]: r for r in res["rows"]}
+    paths = []
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for d in res["drafts"]:
+        ks = [k for k in res["ks"] if f"{d} k={k}" in rows]
+        ax.plot(ks, [rows[f"{d} k={k}"]["speedup_vs_AR"] for k in ks], marker="o", label=d)
+    if "upstream infer_panel_naive" in rows:
+        ax.axhline(rows["upstream infer_panel_naive"]["speedup_vs_AR"], color="grey", ls="--", label="upstream")
+    ax.axhline(1.0, color="black", lw=0.8)
+    ax.set(xlabel="draft tokens per round (k)", ylabel="GPT tokens/s ÷ specdec AR", title="Speedup vs k")
+    ax.legend()
+    paths.append(os.path.join(outdir, "speedup_vs_k.png"))
+    fig.tight_layout()
+    fig.savefig(paths[-1], dpi=120)
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for d in res["drafts"]:
+        cands = [rows[f"{d} k={k}"] for k in res["ks"] if f"{d} k={k}" in rows]
+        best = max(cands, key=lambda r: r["speedup_vs_AR"])
+        acc = best.get("acceptance_per_position", [])
+        ax.plot(range(1, len(acc) + 1), acc, marker="o", label=f"{best['name']}")
+    ax.set(xlabel="draft position", ylabel="fraction of rounds accepted", ylim=(0, 1),
+           title="Acceptance per position (best k per draft)")
+    ax.legend()
+    paths.append(os.path.join(outdir, "acceptance_per_position.png"))
+    fig.tight_layout()
+    fig.savefig(paths[-1], dpi=120)
+    plt.close(fig)
+    return paths
