@@ -88,7 +88,8 @@ class _ModelDrafter(Drafter):
             for i, (s, d) in enumerate(zip(active, tokens)):
                 drafts[id(s)].append(d)
                 qs[id(s)].append(q[i])
-                if len(drafts[id(s)]) < kmax[id(s)] and d != eos:
+                unsure = engine.draft_threshold is not None and float(q[i, d]) < engine.draft_threshold
+                if len(drafts[id(s)]) < kmax[id(s)] and d != eos and not unsure:
                     nxt.append(s)
                     feeds.append([d])
             active = nxt

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from specdec.adaptive import Acceptance, Costs, choose_k
 from specdec.cache import BlockTable, PagePool
 from specdec.drafters import Drafter, Proposal, make_drafter
 from specdec.errors import SpecdecError
@@ -62,6 +63,7 @@ class Sequence:
     done: bool = False
     finish_reason: str = ""
     stats: SpecStats = field(default_factory=SpecStats)
+    acceptance: Acceptance = field(default_factory=Acceptance)
 
     @property
     def pending(self) -> int:
@@ -87,9 +89,15 @@ class Engine:
     """Target GPT + optional drafter over one page pool. Reused across calls; grows its pool on demand."""
 
     def __init__(self, target: GPT, draft: str | GPT | Drafter | None = None, k: int = 4,
-                 page_size: int = DEFAULT_PAGE_SIZE, backend: str | None = None):
+                 page_size: int = DEFAULT_PAGE_SIZE, backend: str | None = None, adaptive: bool = False,
+                 draft_threshold: float | None = None):
+        """k: drafts per round (the upper bound when `adaptive`); adaptive: pick each round's k from the
+        sequence's observed acceptance and the measured costs (specdec.adaptive); draft_threshold: a drafter
+        stops early when the token it just drew had probability below this under its own distribution."""
         self.target = target.eval()
         self.k_default = k if draft is not None else 0
+        self.adaptive, self.draft_threshold = adaptive, draft_threshold
+        self.costs = Costs()
         self.page_size, self.backend = page_size, backend
         self.pool: PagePool | None = None
         self.target_kv: list = []
@@ -192,7 +200,8 @@ class Engine:
 
     # ---- one round for every live sequence -------------------------------------------------------------------
     def _round(self, seqs: list[Sequence]) -> None:
-        ks = [min(s.k, s.remaining() - 1) for s in seqs]
+        ks = [min(choose_k(s.acceptance.alpha, self.costs, s.k) if self.adaptive and s.k else s.k, s.remaining() - 1)
+              for s in seqs]
         for s, k in zip(seqs, ks):
             s.table.append(k + 1)
         t = time.perf_counter()
@@ -220,10 +229,12 @@ class Engine:
             s.stats.draft_s += t_draft / len(seqs)
             s.stats.verify_s += t_verify / len(seqs)
             s.stats.target_passes += 1
+        self.costs.observe(max(query_lens) - 1, t_draft, t_verify)
         positions = [s.pending_pos for s in seqs]
-        for s, L, n in zip(seqs, positions, self._accept(seqs, logits, proposals)):
+        for s, p, L, n in zip(seqs, proposals, positions, self._accept(seqs, logits, proposals)):
             s.table.truncate(L + 1 + n)  # keep the old pending token and the accepted drafts
             s.draft_len = min(s.draft_len, L + 1 + n)
+            s.acceptance.update(len(p.drafts), n)
 
     def _accept(self, seqs: list[Sequence], logits: torch.Tensor, proposals: list[Proposal]) -> list[int]:
         """Warp the target logits of every position (one batched call), then accept/resample and emit per

@@ -164,11 +164,12 @@ def dist_setup():
 ALPHA = 1e-3 / (len(POSITIONS) + 2)  # Bonferroni over the χ² tests of one comparison
 
 
-@pytest.mark.parametrize("draft", ["self", "perturbed", "layerskip:1", "ngram"])
+@pytest.mark.parametrize("draft", ["self", "perturbed", "perturbed-adaptive", "layerskip:1", "ngram"])
 def test_speculative_sampling_has_the_autoregressive_distribution(dist_setup, draft):
     target, phones, prompt, base = dist_setup
-    d = {"self": target, "perturbed": perturbed(target, 0.05, 3)}.get(draft, draft)  # perturbed: α ≈ 0.55
-    spec = _sample_many(Engine(target, d, k=4), phones, prompt, seed0=10**6)  # disjoint seeds
+    d = {"self": target}.get(draft, perturbed(target, 0.05, 3) if "perturbed" in draft else draft)  # α ≈ 0.55
+    kw = dict(adaptive=True, draft_threshold=0.2) if "adaptive" in draft else {}
+    spec = _sample_many(Engine(target, d, k=4, **kw), phones, prompt, seed0=10**6)  # disjoint seeds
     assert _min_p_value(base, spec) > ALPHA
 
 
@@ -226,3 +227,23 @@ def test_install_keeps_upstream_tokens_and_contract(draft):
                                 top_k=top_k, early_stop_num=esn)
         assert torch.equal(y, y_ref) and idx == idx_ref, (top_k, seed, esn)
     assert torch.equal(upstream_generate(up, phones, None, top_k=1, early_stop_num=30)[0], free_ref)
+
+
+@pytest.mark.parametrize("mode", ["adaptive", "threshold"])
+def test_adaptive_draft_length_stays_exact(target, mode):
+    ref = Engine(target).generate(requests(3))
+    kw = {"adaptive": True} if mode == "adaptive" else {"draft_threshold": 0.5}
+    for draft in [perturbed(target, 0.3, 4), "layerskip:2"]:
+        outs = Engine(target, draft, k=6, **kw).generate(requests(3))
+        for o, r in zip(outs, ref):
+            assert torch.equal(o.tokens, r.tokens)
+
+
+def test_adaptive_k_follows_acceptance():
+    from specdec.adaptive import Costs, choose_k
+    costs = Costs()
+    for k in (1, 4, 8):
+        costs.observe(k, draft_s=0.002 * k, verify_s=0.010 + 0.001 * k)
+    assert choose_k(0.95, costs, 8) == 8  # a draft that is almost always right: draft long
+    assert choose_k(0.2, costs, 8) == 1  # a draft that is mostly wrong: draft one token
+    assert 1 < choose_k(0.7, costs, 8) < 8
