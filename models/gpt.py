@@ -94,8 +94,9 @@ class Block(nn.Module):
         T, d = x.shape  # [T, d]: the new tokens of every sequence, flattened
         q, k, v = self.qkv(x).view(T, 3, self.n_head, self.head_dim).unbind(1)  # 3 × [T, H, D]
         a = paged_attention(q, k, v, k_cache, v_cache, meta)  # [T, H, D]
-        x = self.norm1(x + self.out(a.reshape(T, d)))
-        return self.norm2(x + self.ffn_out(self.ffn_in(x).relu_()))
+        n1, n2 = self.norm1, self.norm2  # functional LayerNorm: the decode step is short enough to feel module calls
+        x = F.layer_norm(x + self.out(a.reshape(T, d)), n1.normalized_shape, n1.weight, n1.bias, n1.eps)
+        return F.layer_norm(x + self.ffn_out(self.ffn_in(x).relu_()), n2.normalized_shape, n2.weight, n2.bias, n2.eps)
 
     def forward_dense(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Cache-free path for training and teacher forcing: x [B, T, d], mask [B, T, T] bool (True = attend)."""

@@ -24,6 +24,7 @@ def _fp16_gemm_available() -> bool:
 
 
 FP16_GEMM = _fp16_gemm_available()
+_linear_fp16 = torch.ops.quantized.linear_dynamic_fp16.default if FP16_GEMM else None
 
 
 class Linear(nn.Linear):
@@ -33,25 +34,24 @@ class Linear(nn.Linear):
     def __init__(self, in_features: int, out_features: int, bias: bool = True):
         super().__init__(in_features, out_features, bias)
         self.weight = nn.Parameter(self.weight.detach().t().contiguous().t())
-        self._packed = None  # (weight version, bias version, packed params) or None
-        self.allow_fp16_gemm = True
+        self._packed = None  # ((weight version, ptr, bias version, ptr), packed params or None)
+        self.allow_fp16_gemm = True  # False forces the fp32 GEMM (tests compare the two)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        packed = self._packed_fp16() if self._inference_on_cpu(x) else None
-        if packed is None:
-            return F.linear(x, self.weight, self.bias)
-        return torch.ops.quantized.linear_dynamic_fp16(x.reshape(-1, x.shape[-1]).contiguous(), packed).view(
-            *x.shape[:-1], self.out_features)
-
-    def _inference_on_cpu(self, x: torch.Tensor) -> bool:
-        return (FP16_GEMM and self.allow_fp16_gemm and not torch.is_grad_enabled() and x.dtype == torch.float32
-                and x.device.type == "cpu")
+        if not torch.is_grad_enabled() and x.dtype == torch.float32 and x.device.type == "cpu":
+            packed = self._packed_fp16()
+            if packed is not None:
+                x2 = x if x.dim() == 2 and x.is_contiguous() else x.reshape(-1, x.shape[-1]).contiguous()
+                y = _linear_fp16(x2, packed)
+                return y if x.dim() == 2 else y.view(*x.shape[:-1], self.out_features)
+        return F.linear(x, self.weight, self.bias)
 
     def _packed_fp16(self):
         w, b = self._parameters["weight"], self._parameters["bias"]  # direct: this runs ~100 times per step
         key = (w._version, w.data_ptr(), None if b is None else (b._version, b.data_ptr()))
         if self._packed is None or self._packed[0] != key:
-            exact = w.dtype == torch.float32 and bool(torch.equal(w.detach().half().float(), w.detach()))
+            exact = (FP16_GEMM and self.allow_fp16_gemm and w.dtype == torch.float32
+                     and bool(torch.equal(w.detach().half().float(), w.detach())))
             packed = torch.ops.quantized.linear_prepack_fp16(w.detach().contiguous(), None if b is None
                                                              else b.detach()) if exact else None
             self._packed = (key, packed)
