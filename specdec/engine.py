@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import secrets
 import time
+from collections.abc import Generator
 from dataclasses import dataclass, field
 
 import torch
@@ -30,7 +31,7 @@ from specdec.stats import SpecStats
 DEFAULT_PAGE_SIZE = 64
 
 
-@dataclass
+@dataclass(eq=False)
 class Request:
     phones: torch.Tensor  # [n_text] long: prompt phones + target phones
     prompt: torch.Tensor | None = None  # [n_prompt] long semantic tokens of the reference, or None (prompt-free)
@@ -47,7 +48,7 @@ class GenerationOutput:
     stats: SpecStats
 
 
-@dataclass
+@dataclass(eq=False)
 class Sequence:
     """Runtime state of one request."""
 
@@ -61,6 +62,7 @@ class Sequence:
     generated: list[int] = field(default_factory=list)  # emitted tokens; the last one is pending until fed
     draft_len: int = 0  # tokens whose K/V the draft holds (may lag the target by the last accepted draft)
     done: bool = False
+    reported: int = 0  # tokens already handed out by Engine.stream
     finish_reason: str = ""
     stats: SpecStats = field(default_factory=SpecStats)
     acceptance: Acceptance = field(default_factory=Acceptance)
@@ -119,29 +121,44 @@ class Engine:
         return AttentionMetadata(query_lens, seq_lens, [s.prefix_len for s in seqs], [s.table.blocks for s in seqs],
                                  self.page_size, self.target.device, self.backend)
 
-    # ---- entry point ---------------------------------------------------------------------------------------
-    @torch.inference_mode()
+    # ---- entry points --------------------------------------------------------------------------------------
     def generate(self, requests: list[Request]) -> list[GenerationOutput]:
+        run = self.stream(requests)
+        while True:
+            try:
+                next(run)
+            except StopIteration as done:
+                return done.value
+
+    @torch.inference_mode()
+    def stream(self, requests: list[Request]) -> Generator[tuple[int, list[int]], None, list[GenerationOutput]]:
+        """Yield (request index, tokens accepted this round) as rounds finish, so audio can be decoded in step with
+        generation; returns the outputs. Closing the generator early frees the pages all the same."""
         t0 = time.perf_counter()
         need = sum(r.phones.numel() + (0 if r.prompt is None else r.prompt.numel()) + r.params.max_new_tokens
                    + (self.k_default if r.k is None else r.k) + 2 for r in requests)
         self._ensure_pool(need + self.page_size * len(requests))
         seqs = [self._new_sequence(r) for r in requests]
         try:
+            live = seqs
             self._prefill(seqs)
-            live = [s for s in seqs if not s.done]
-            while live:
-                self._round(live)
+            while True:
+                for i, s in enumerate(seqs):
+                    if s in live and len(s.generated) > s.reported:
+                        new, s.reported = s.generated[s.reported:], len(s.generated)
+                        yield i, new
                 live = [s for s in live if not s.done]
+                if not live:
+                    break
+                self._round(live)
         finally:
             for s in seqs:
                 s.table.free()
         wall = time.perf_counter() - t0
-        outs = []
         for s in seqs:
             s.stats.wall_s = wall
-            outs.append(GenerationOutput(torch.tensor(s.generated, dtype=torch.long), s.finish_reason, s.stats))
-        return outs
+        return [GenerationOutput(torch.tensor(s.generated, dtype=torch.long), s.finish_reason, s.stats)
+                for s in seqs]
 
     def _validate(self, r: Request) -> None:
         cfg = self.target.cfg

@@ -247,3 +247,28 @@ def test_adaptive_k_follows_acceptance():
     assert choose_k(0.95, costs, 8) == 8  # a draft that is almost always right: draft long
     assert choose_k(0.2, costs, 8) == 1  # a draft that is mostly wrong: draft one token
     assert 1 < choose_k(0.7, costs, 8) < 8
+
+
+def test_streamed_tokens_add_up_to_the_generated_ones(target):
+    engine = Engine(target, "layerskip:2", k=3)
+    reqs = requests(3, params=SamplingParams(max_new_tokens=30, seed=5))
+    ref = engine.generate(reqs)
+    got = {i: [] for i in range(3)}
+    run = engine.stream(reqs)
+    chunks = 0
+    while True:
+        try:
+            i, toks = next(run)
+        except StopIteration as e:
+            outs = e.value
+            break
+        assert toks
+        got[i] += toks
+        chunks += 1
+    assert chunks > 3
+    for i, o in enumerate(outs):
+        assert got[i] == o.tokens.tolist() == ref[i].tokens.tolist()
+    partial = engine.stream(reqs)
+    next(partial)
+    partial.close()  # a consumer that stops early still returns every page
+    assert engine.pool.num_free == engine.pool.num_blocks
