@@ -69,13 +69,13 @@ def read_upstream_pth(path: str) -> tuple[dict, dict, bytes]:
             tag = f.read(2)
         if tag in V3V4_TAGS:
             raise SpecdecError(f"{path}: SoVITS {V3V4_TAGS[tag]} checkpoint (version tag {tag.decode()}); "
-                               "only v1, v2, v2Pro and v2ProPlus are supported for now")
+                               "v3/v4 are not supported yet (supported: v1, v2, v2Pro, v2ProPlus)")
         if tag != b"PK" and tag not in VERSION_TAGS:
             raise SpecdecError(f"{path}: not a SoVITS checkpoint (starts with {tag!r}, expected a zip or a "
                                f"version tag {', '.join(t.decode() for t in VERSION_TAGS)})")
         if tag == b"PK" and os.path.getsize(path) >= V3V4_MIN_BYTES:
             raise SpecdecError(f"{path}: {os.path.getsize(path) >> 20} MiB untagged SoVITS file, which upstream "
-                               "treats as a v3/v4 model; only v1, v2, v2Pro and v2ProPlus are supported for now")
+                               "treats as a v3/v4 model; v3/v4 are not supported yet (supported: v1, v2, v2Pro, v2ProPlus)")
     else:
         tag = b""
     with torch.serialization.safe_globals([_HParams]):
@@ -94,7 +94,7 @@ def detect_version(path: str, weights: dict, tag: bytes = b"PK") -> str:
     """v1 | v2 | v2Pro | v2ProPlus from the weights; the header tag must agree; v3/v4 are refused."""
     if any(k.startswith(V3V4_KEYS) for k in weights) or "enc_p.text_embedding.weight" not in weights:
         raise SpecdecError(f"{path}: SoVITS v3/v4 checkpoint (CFM decoder, no text embedding); "
-                           "only v1, v2, v2Pro and v2ProPlus are supported for now")
+                           "v3/v4 are not supported yet (supported: v1, v2, v2Pro, v2ProPlus)")
     if "dec.conv_pre.weight" not in weights:
         raise SpecdecError(f"{path}: not a SoVITS v1/v2 checkpoint (no HiFi-GAN decoder weights)")
     n_sym = weights["enc_p.text_embedding.weight"].shape[0]

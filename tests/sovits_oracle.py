@@ -7,12 +7,18 @@ Its audio helpers import PyAV (`av`), which the oracle paths used here never cal
 """
 from __future__ import annotations
 
+import atexit
 import contextlib
+import functools
 import importlib.util
 import json
+import math
 import os
+import shutil
 import sys
+import tempfile
 import types
+from dataclasses import dataclass
 
 import torch
 
@@ -38,25 +44,40 @@ def upstream_hps(version: str) -> dict:
 
 
 def randomize_(model: torch.nn.Module, seed: int) -> None:
-    """Random weights at sane scales, for every parameter (upstream zero-inits the flow's post convs, which would
-    make the flow an identity) and for the codebook."""
+    """Random weights at sane scales for every parameter (upstream zero-inits the flow's post convs, which would
+    make the flow an identity) and the codebook, rounded to fp16 values so the in-memory model equals what
+    upstream's saver writes and needs no reload to serve as the oracle. Values are slices of one shared normal pool
+    at random offsets: as random as the tests need, without drawing ~60 M fresh normals per model."""
     g = torch.Generator().manual_seed(seed)
+    pool = torch.randn(1 << 22, generator=g).half().float()
+
+    def normal(shape) -> torch.Tensor:
+        n = math.prod(shape)
+        start = int(torch.randint(0, pool.numel(), (1,), generator=g))
+        return pool[(start + torch.arange(n)) % pool.numel()].reshape(shape)
+
     with torch.no_grad():
         for name, p in model.named_parameters():
             if name.startswith("enc_q."):  # training only; savee drops it
                 p.zero_()
-            elif name.endswith("weight_g"):
-                p.copy_(0.8 + 0.4 * torch.rand(p.shape, generator=g))  # row norms of the folded weight
-            elif name.endswith(("gamma", "prelu.weight")):
-                p.copy_((1.0 if name.endswith("gamma") else 0.25) + 0.1 * torch.randn(p.shape, generator=g))
+            elif name.endswith("weight_g"):  # row norms of the folded weight
+                p.copy_(1.0 + 0.2 * normal(p.shape).clamp(-1, 1))
+            elif name.endswith("gamma"):
+                p.copy_(1.0 + 0.1 * normal(p.shape))
+            elif name.endswith("prelu.weight"):
+                p.copy_(0.25 + 0.1 * normal(p.shape))
             elif name.endswith(("beta", "bias")) or p.ndim == 1:
-                p.copy_(0.05 * torch.randn(p.shape, generator=g))
-            elif "emb_rel" in name or "embedding" in name:
-                p.copy_(torch.randn(p.shape, generator=g) * p.shape[-1] ** -0.5 * (1 if "emb_rel" in name else 4))
+                p.copy_(0.05 * normal(p.shape))
+            elif "emb_rel" in name:
+                p.copy_(normal(p.shape) * p.shape[-1] ** -0.5)
+            elif "embedding" in name:
+                p.copy_(normal(p.shape))
             else:  # conv / linear weights: fan-in scaling
-                p.copy_(torch.randn(p.shape, generator=g) / (p[0].numel() if p.ndim > 1 else 1) ** 0.5)
+                p.copy_(normal(p.shape) / p[0].numel() ** 0.5)
         for name, b in model.named_buffers():
-            b.copy_(torch.randn(b.shape, generator=g) if name.endswith("_codebook.embed") else torch.ones_like(b))
+            b.copy_(normal(b.shape) if name.endswith("_codebook.embed") else torch.ones_like(b))
+        for t in list(model.parameters()) + list(model.buffers()):
+            t.copy_(t.half().float())
 
 
 def make_upstream_sovits(version: str, seed: int = 0):
@@ -86,6 +107,27 @@ def save_upstream_pth(model, hps: dict, path: str) -> None:
         result = savee(model.state_dict(), name.removesuffix(".pth"), 1, 1, h,
                        model_version=version if "Pro" in version else None)
     assert result == "Success.", result
+
+
+@dataclass
+class OracleCase:
+    version: str
+    upstream: torch.nn.Module  # SynthesizerTrn ready for decode (weight norm removed from dec, as upstream does)
+    path: str  # the same weights saved as upstream's .pth
+
+
+_TMP = tempfile.mkdtemp(prefix="sovits-oracle-")
+atexit.register(shutil.rmtree, _TMP, ignore_errors=True)
+
+
+@functools.cache
+def oracle_case(version: str, seed: int = 0) -> OracleCase:
+    """One random upstream model per version per test session, saved once as an upstream .pth."""
+    model, hps = make_upstream_sovits(version, seed)
+    path = os.path.join(_TMP, f"{version}-{seed}.pth")
+    save_upstream_pth(model, hps, path)
+    model.dec.remove_weight_norm()
+    return OracleCase(version, model, path)
 
 
 def load_upstream_for_decode(path: str):
