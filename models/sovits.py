@@ -325,8 +325,8 @@ class ResBlock1(nn.Module):
                                     for _ in dilations)
 
     def forward(self, x):  # [B, C, T]
-        for c1, c2 in zip(self.convs1, self.convs2):
-            x = x + c2(F.leaky_relu(c1(F.leaky_relu(x, LRELU_SLOPE)), LRELU_SLOPE))
+        for c1, c2 in zip(self.convs1, self.convs2):  # in place only on fresh conv outputs, never on x
+            x = c2(F.leaky_relu_(c1(F.leaky_relu(x, LRELU_SLOPE)), LRELU_SLOPE)).add_(x)
         return x
 
 
@@ -346,16 +346,16 @@ class Generator(nn.Module):
         self.n_kernels = len(cfg.resblock_kernel_sizes)
 
     def forward(self, z, g):  # [B, 192, T], [B, gin, 1] -> [B, 1, T·hop]
-        x = self.conv_pre(z) + self.cond(g)
+        x = self.conv_pre(z).add_(self.cond(g))
         n = self.n_kernels
         for i, up in enumerate(self.ups):
-            x = up(F.leaky_relu(x, LRELU_SLOPE))
+            x = up(F.leaky_relu_(x, LRELU_SLOPE))  # x is dead after this: activate in place
             blocks = self.resblocks[i * n:(i + 1) * n]
             xs = blocks[0](x)
             for block in blocks[1:]:
-                xs = xs + block(x)
-            x = xs / n
-        return torch.tanh(self.conv_post(F.leaky_relu(x)))  # last slope is the default 0.01 (upstream quirk)
+                xs.add_(block(x))
+            x = xs.div_(n)
+        return torch.tanh_(self.conv_post(F.leaky_relu_(x)))  # last slope is the default 0.01 (upstream quirk)
 
 
 def generator_radius(cfg: SoVITSConfig) -> int:
