@@ -130,6 +130,13 @@ def oracle_case(version: str, seed: int = 0) -> OracleCase:
     return OracleCase(version, model, path)
 
 
+@functools.cache
+def specdec_model(version: str):
+    """Our SoVITS loaded (once per session) from the oracle case's upstream .pth."""
+    from specdec.models.sovits_checkpoint import load_sovits
+    return load_sovits(oracle_case(version).path)
+
+
 def load_upstream_for_decode(path: str):
     """Upstream TTS.init_vits_weights, minus devices: → SynthesizerTrn ready for `decode`."""
     require_sovits_upstream()

@@ -7,7 +7,7 @@ import types
 import pytest
 import torch
 
-from sovits_oracle import oracle_case, upstream_decode, upstream_spectrogram, upstream_style
+from sovits_oracle import oracle_case, specdec_model, upstream_decode, upstream_spectrogram, upstream_style
 from specdec.models.audio import linear_spectrogram
 from specdec.models.decoder import Decoder, SoVITSDecoder
 from specdec.models.sovits import SV_DIM
@@ -39,7 +39,7 @@ def decoders():
 
     def get(version):
         if version not in cache:
-            cache[version] = SoVITSDecoder(load_sovits(oracle_case(version).path), noise_scale=0.0)
+            cache[version] = SoVITSDecoder(specdec_model(version), noise_scale=0.0)
         return cache[version]
     return get
 

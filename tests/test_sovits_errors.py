@@ -8,7 +8,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from sovits_oracle import oracle_case
+from sovits_oracle import oracle_case, specdec_model
 from specdec.errors import SpecdecError
 from specdec.models.audio import load_reference
 from specdec.models.decoder import SoVITSDecoder
@@ -39,7 +39,7 @@ def v2_bytes():
 
 @pytest.fixture(scope="module")
 def v2_decoder():
-    return SoVITSDecoder(load_sovits(oracle_case("v2").path), noise_scale=0.0)
+    return SoVITSDecoder(specdec_model("v2"), noise_scale=0.0)
 
 
 def saved(tmp_path, name, obj, tag: bytes | None = None) -> str:
@@ -92,7 +92,7 @@ def test_missing_weights_named(tmp_path, v2_bytes):
 def test_symbol_set_mismatch(v2_decoder):
     check_symbol_set(v2_decoder.cfg, 732)
     raises(lambda: check_symbol_set(v2_decoder.cfg, 512), "symbol-set mismatch", "v1", "v2")
-    v1 = SoVITSDecoder(load_sovits(oracle_case("v1").path), noise_scale=0.0)
+    v1 = SoVITSDecoder(specdec_model("v1"), noise_scale=0.0)
     raises(lambda: check_symbol_set(v1.cfg, 732), "symbol-set mismatch")
     voice = types.SimpleNamespace(refer_spec=torch.rand(1025, 150))
     raises(lambda: v1.decode(torch.tensor([1, 2, 3]), torch.tensor([5, 400]), voice), "phone id 400", "v1", "322")
@@ -109,7 +109,7 @@ def test_bad_tokens_and_voice(v2_decoder):
 
 
 def test_pro_voice_needs_speaker_embedding():
-    dec = SoVITSDecoder(load_sovits(oracle_case("v2Pro").path), noise_scale=0.0)
+    dec = SoVITSDecoder(specdec_model("v2Pro"), noise_scale=0.0)
     spec = torch.rand(1025, 150)
     tokens, phones = torch.tensor([3, 4]), torch.tensor([5, 6])
     raises(lambda: dec.decode(tokens, phones, types.SimpleNamespace(refer_spec=spec)),
