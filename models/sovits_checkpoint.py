@@ -31,6 +31,7 @@ VERSION_TAGS = {b"00": "v1", b"01": "v2", b"05": "v2Pro", b"06": "v2ProPlus"}
 V3V4_TAGS = {b"02": "v3", b"03": "v3 LoRA", b"04": "v4 LoRA"}
 V3V4_MIN_BYTES = 700 * 1024 * 1024  # upstream: an untagged file this large is a v3/v4 model
 V3V4_KEYS = ("cfm.", "bridge.", "wns1.")  # SynthesizerTrnV3: CFM/DiT, bridge conv, 512-d WN encoder
+UNSUPPORTED = "v3/v4 are not supported yet (supported: v1, v2, v2Pro, v2ProPlus)"
 
 # upstream key → specdec key, for the few places where upstream nests modules the decode path does not need
 _RENAMES = [
@@ -69,13 +70,13 @@ def read_upstream_pth(path: str) -> tuple[dict, dict, bytes]:
             tag = f.read(2)
         if tag in V3V4_TAGS:
             raise SpecdecError(f"{path}: SoVITS {V3V4_TAGS[tag]} checkpoint (version tag {tag.decode()}); "
-                               "v3/v4 are not supported yet (supported: v1, v2, v2Pro, v2ProPlus)")
+                               + UNSUPPORTED)
         if tag != b"PK" and tag not in VERSION_TAGS:
             raise SpecdecError(f"{path}: not a SoVITS checkpoint (starts with {tag!r}, expected a zip or a "
                                f"version tag {', '.join(t.decode() for t in VERSION_TAGS)})")
         if tag == b"PK" and os.path.getsize(path) >= V3V4_MIN_BYTES:
             raise SpecdecError(f"{path}: {os.path.getsize(path) >> 20} MiB untagged SoVITS file, which upstream "
-                               "treats as a v3/v4 model; v3/v4 are not supported yet (supported: v1, v2, v2Pro, v2ProPlus)")
+                               f"treats as a v3/v4 model; {UNSUPPORTED}")
     else:
         tag = b""
     with torch.serialization.safe_globals([_HParams]):
@@ -94,7 +95,7 @@ def detect_version(path: str, weights: dict, tag: bytes = b"PK") -> str:
     """v1 | v2 | v2Pro | v2ProPlus from the weights; the header tag must agree; v3/v4 are refused."""
     if any(k.startswith(V3V4_KEYS) for k in weights) or "enc_p.text_embedding.weight" not in weights:
         raise SpecdecError(f"{path}: SoVITS v3/v4 checkpoint (CFM decoder, no text embedding); "
-                           "v3/v4 are not supported yet (supported: v1, v2, v2Pro, v2ProPlus)")
+                           + UNSUPPORTED)
     if "dec.conv_pre.weight" not in weights:
         raise SpecdecError(f"{path}: not a SoVITS v1/v2 checkpoint (no HiFi-GAN decoder weights)")
     n_sym = weights["enc_p.text_embedding.weight"].shape[0]
@@ -117,7 +118,8 @@ def config_from_hps(path: str, hps: dict, version: str) -> SoVITSConfig:
     m, d = hps.get("model", {}), hps.get("data", {})
     try:
         if str(m.get("resblock", "1")) != "1":
-            raise SpecdecError(f"{path}: resblock type {m['resblock']!r} is not supported (all released models use '1')")
+            raise SpecdecError(f"{path}: resblock type {m['resblock']!r} is not supported "
+                               "(all released models use '1')")
         kw = {k: m[k] for k in ("inter_channels", "hidden_channels", "filter_channels", "n_heads", "n_layers",
                                 "kernel_size", "resblock_kernel_sizes", "resblock_dilation_sizes", "upsample_rates",
                                 "upsample_initial_channel", "upsample_kernel_sizes", "gin_channels")}
@@ -175,12 +177,11 @@ def load_sovits(path: str, dtype: torch.dtype = torch.float32) -> SoVITS:
     if os.path.isdir(path):
         raise SpecdecError(f"{path}: is a directory, expected a SoVITS checkpoint file")
     with open(path, "rb") as f:
-        head = f.read(8)
-    if len(head) < 8:
+        head = f.read(9)
+    if len(head) < 9:
         raise SpecdecError(f"{path}: empty or truncated file")
-    if head[:2] != b"PK" and head[:2] not in VERSION_TAGS and head[:2] not in V3V4_TAGS \
-            and int.from_bytes(head, "little") < 100_000_000:
-        return _load_safetensors(path, dtype)  # safetensors starts with its header length (u64, little-endian)
+    if int.from_bytes(head[:8], "little") + 8 <= os.path.getsize(path) and head[8:9] == b"{":
+        return _load_safetensors(path, dtype)  # safetensors: u64 header length, then the JSON header
     return load_upstream_sovits(path, dtype)
 
 

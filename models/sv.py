@@ -156,7 +156,8 @@ def load_sv_model(path: str, dtype: torch.dtype = torch.float32) -> ERes2NetV2:
                            f"{missing[:1]}; unexpected {len(extra)}, e.g. {extra[:1]})")
     bad = [k for k in own if tuple(state[k].shape) != tuple(own[k].shape)]
     if bad:
-        raise SpecdecError(f"{path}: {bad[0]} has shape {tuple(state[bad[0]].shape)}, expected {tuple(own[bad[0]].shape)}")
+        k = bad[0]
+        raise SpecdecError(f"{path}: {k} has shape {tuple(state[k].shape)}, expected {tuple(own[k].shape)}")
     model.load_state_dict(state)
     return model.to(dtype).eval().requires_grad_(False)
 

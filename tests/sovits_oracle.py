@@ -148,8 +148,9 @@ def load_upstream_for_decode(path: str):
     hps["model"]["semantic_frame_rate"] = "25hz"
     rows = ckpt["weight"]["enc_p.text_embedding.weight"].shape[0]
     hps["model"]["version"] = model_version if "Pro" in model_version else ("v1" if rows == 322 else "v2")
-    model = SynthesizerTrn(hps["data"]["filter_length"] // 2 + 1, hps["train"]["segment_size"] // hps["data"]["hop_length"],
-                           n_speakers=hps["data"]["n_speakers"], **hps["model"])
+    d = hps["data"]
+    model = SynthesizerTrn(d["filter_length"] // 2 + 1, hps["train"]["segment_size"] // d["hop_length"],
+                           n_speakers=d["n_speakers"], **hps["model"])
     model.load_state_dict(ckpt["weight"], strict=False)
     model.dec.remove_weight_norm()
     return model.eval()

@@ -85,7 +85,8 @@ def test_unknown_tag_truncated_and_missing_files(tmp_path, v2_bytes):
 def test_missing_weights_named(tmp_path, v2_bytes):
     ckpt = torch.load(oracle_case("v2").path, weights_only=False)
     del ckpt["weight"]["flow.flows.2.post.weight"]
-    raises(lambda: load_sovits(saved(tmp_path, "m.pth", ckpt)), "m.pth", "missing 1 weights", "flow.flows.2.post.weight")
+    path = saved(tmp_path, "m.pth", ckpt)
+    raises(lambda: load_sovits(path), "m.pth", "missing 1 weights", "flow.flows.2.post.weight")
 
 
 # ---- decode inputs -------------------------------------------------------------------------------------------
