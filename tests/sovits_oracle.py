@@ -54,7 +54,9 @@ def randomize_(model: torch.nn.Module, seed: int) -> None:
     def normal(shape) -> torch.Tensor:
         n = math.prod(shape)
         start = int(torch.randint(0, pool.numel(), (1,), generator=g))
-        return pool[(start + torch.arange(n)) % pool.numel()].reshape(shape)
+        if start + n <= pool.numel():
+            return pool[start:start + n].reshape(shape)
+        return pool.repeat(n // pool.numel() + 2)[start:start + n].reshape(shape)
 
     with torch.no_grad():
         for name, p in model.named_parameters():

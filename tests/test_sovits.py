@@ -89,10 +89,10 @@ def test_waveform_matches_upstream(version, decoders):
 def test_speed_matches_upstream(decoders):
     wav, sv = reference_inputs("v2")
     spec = linear_spectrogram(wav)
-    tokens, phones = random_inputs("v2", n_tokens=20)
+    tokens, phones = random_inputs("v2", n_tokens=12)
     ours = decoders("v2").decode(tokens, phones, types.SimpleNamespace(refer_spec=spec), speed=1.3)
     theirs = upstream_decode(oracle_case("v2").upstream, tokens, phones, spec, speed=1.3)
-    assert ours.shape == theirs.shape == ((int(40 / 1.3) + 1) * 640,)
+    assert ours.shape == theirs.shape == ((int(24 / 1.3) + 1) * 640,)
     assert (ours - theirs).abs().max() <= TOL
 
 
@@ -112,25 +112,24 @@ def test_decode_window_is_the_exact_slice(decoders):
     assert isinstance(dec, Decoder) and dec.samples_per_token == 1280 and dec.sample_rate == 32000
     wav, _ = reference_inputs("v2")
     voice = types.SimpleNamespace(refer_spec=linear_spectrogram(wav))
-    tokens, phones = random_inputs("v2", n_tokens=24)
+    tokens, phones = random_inputs("v2", n_tokens=20)
     full = dec.decode(tokens, phones, voice)
-    assert (full - base.decode(tokens, phones, voice)).abs().max() > 1e-3  # the noise is really there
-    cuts = [0, 3, 12, 24]
+    noiseless = base.decode_window(tokens, phones, voice, 0, 3)
+    assert (full[:len(noiseless)] - noiseless).abs().max() > 1e-3  # the noise is really there
+    cuts = [0, 3, 11, 20]
     parts = [dec.decode_window(tokens, phones, voice, a, b) for a, b in zip(cuts, cuts[1:])]
     assert [len(p) for p in parts] == [1280 * (b - a) for a, b in zip(cuts, cuts[1:])]
     assert (torch.cat(parts) - full).abs().max() <= 1e-5
 
 
 def test_safetensors_roundtrip(decoders, tmp_path):
-    dec = decoders("v2Pro")
+    model = decoders("v2Pro").model
     path = str(tmp_path / "pro.safetensors")
-    save_sovits(dec.model, path)
-    again = SoVITSDecoder(load_sovits(path), noise_scale=0.0)
-    assert again.cfg == dec.cfg
-    wav, sv = reference_inputs("v2Pro")
-    voice = types.SimpleNamespace(refer_spec=linear_spectrogram(wav), sv_emb=sv)
-    tokens, phones = random_inputs("v2Pro", n_tokens=6)
-    torch.testing.assert_close(again.decode(tokens, phones, voice), dec.decode(tokens, phones, voice), rtol=0, atol=0)
+    save_sovits(model, path)
+    again = load_sovits(path)
+    assert again.cfg == model.cfg
+    mine, theirs = model.state_dict(), again.state_dict()
+    assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
 
 
 def test_style_cache_follows_the_voice(decoders):
