@@ -12,7 +12,6 @@ from sovits_oracle import oracle_case, require_sovits_upstream, specdec_model
 from specdec.errors import SpecdecError
 from specdec.models.hubert import PROMPT_SILENCE, hubert_features, load_hubert, prompt_tokens
 
-transformers = pytest.importorskip("transformers", reason="optional extra [hubert] not installed")
 
 
 def hubert_dir() -> str:
@@ -22,6 +21,7 @@ def hubert_dir() -> str:
 @pytest.fixture(scope="module")
 def hubert_pair(tmp_path_factory):
     """(our transformers HubertModel loaded from a saved folder, cpufast's HubertInferenceModel), same weights."""
+    transformers = pytest.importorskip("transformers", reason="optional extra [hubert] not installed")
     torch.manual_seed(0)
     config = transformers.HubertConfig.from_pretrained(hubert_dir())
     hf = transformers.HubertModel(config).eval()
