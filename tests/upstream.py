@@ -5,6 +5,8 @@ transposed copies of the weights (gpt-sovits.md §10).
 """
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -12,10 +14,11 @@ from specdec.errors import SpecdecError
 from specdec.upstream import import_upstream
 
 
-def require_upstream():
-    """Put upstream's tree on sys.path (specdec.upstream.import_upstream); fail loudly when it is missing."""
+def require_upstream() -> str:
+    """Put upstream's tree on sys.path (specdec.upstream.import_upstream) and return its folder; fail loudly
+    when it is missing."""
     try:
-        return import_upstream("AR.models.utils")
+        return os.path.dirname(import_upstream("AR").__path__[0])
     except SpecdecError as e:
         pytest.fail(str(e))
 
