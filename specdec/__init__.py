@@ -7,7 +7,10 @@ from specdec.models.gpt import GPT, GPTConfig
 from specdec.sampling import SamplingParams
 from specdec.stats import SpecStats
 from specdec.upstream import install
+from specdec.pipeline import TTS, stream, synthesize
+from specdec.voices import Voice
 
 __all__ = ["Engine", "GPT", "GPTConfig", "GenerationOutput", "Request", "SamplingParams", "SpecStats",
-           "SpecdecError", "engine_for", "generate", "generate_batch", "install", "load_gpt", "save_gpt"]
+           "SpecdecError", "TTS", "Voice", "engine_for", "generate", "generate_batch", "install", "load_gpt", "save_gpt",
+           "stream", "synthesize"]
 __version__ = "0.1.0"

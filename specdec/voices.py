@@ -1,0 +1,79 @@
+"""Voices: what a reference clip and its transcript contribute, computed once and saved (safetensors + JSON).
+
+A voice holds the GPT's prompt (the transcript's phones and BERT features, the clip's semantic tokens) and the
+decoder's conditioning (SoVITS: the linear reference spectrogram and, for v2Pro/ProPlus, the ERes2NetV2 speaker
+embedding; other decoders: whatever tensors they read). Decoders read conditioning as attributes
+(`voice.refer_spec`), so one Voice type serves every decoder.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+
+import torch
+
+from specdec.errors import SpecdecError
+
+FORMAT_TAG = "specdec-voice"
+
+
+@dataclass
+class Voice:
+    name: str
+    text: str  # the reference transcript
+    language: str
+    symbol_version: str  # "v1" | "v2": the phone ids' symbol table
+    phones: torch.Tensor  # [n] long: the transcript's phone ids
+    tokens: torch.Tensor  # [m] long: the clip's semantic tokens (the GPT prompt)
+    bert: torch.Tensor | None = None  # [1024, n] or None (zeros, as upstream for non-Chinese text)
+    conditioning: dict[str, torch.Tensor] = field(default_factory=dict)  # decoder inputs, e.g. refer_spec, sv_emb
+    meta: dict = field(default_factory=dict)  # provenance (source clip, decoder, tokenizer)
+
+    def __getattr__(self, name: str):
+        cond = self.__dict__.get("conditioning", {})
+        if name in cond:
+            return cond[name]
+        raise AttributeError(name)
+
+    def save(self, folder: str) -> None:
+        """voice.safetensors (tensors) + voice.json (everything else), written atomically."""
+        from safetensors.torch import save_file
+        os.makedirs(folder, exist_ok=True)
+        tensors = {"phones": self.phones, "tokens": self.tokens,
+                   **({"bert": self.bert} if self.bert is not None else {}),
+                   **{f"cond.{k}": v for k, v in self.conditioning.items()}}
+        info = {"format": FORMAT_TAG, "name": self.name, "text": self.text, "language": self.language,
+                "symbol_version": self.symbol_version, "meta": self.meta}
+        for name, write in (("voice.safetensors", lambda p: save_file(
+                {k: v.contiguous() for k, v in tensors.items()}, p)),
+                            ("voice.json", lambda p: _write_text(p, json.dumps(info, indent=2, ensure_ascii=False)))):
+            path = os.path.join(folder, name)
+            write(path + ".tmp")
+            os.replace(path + ".tmp", path)
+
+    @classmethod
+    def load(cls, folder: str) -> "Voice":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+        jpath, tpath = os.path.join(folder, "voice.json"), os.path.join(folder, "voice.safetensors")
+        if not os.path.isdir(folder):
+            raise SpecdecError(f"{folder}: no such voice folder")
+        if not (os.path.isfile(jpath) and os.path.isfile(tpath)):
+            raise SpecdecError(f"{folder}: not a voice (expected voice.json and voice.safetensors)")
+        try:
+            with open(jpath, encoding="utf-8") as f:
+                info = json.load(f)
+            tensors = load_file(tpath)
+        except (ValueError, OSError, SafetensorError) as e:
+            raise SpecdecError(f"{folder}: corrupt voice ({str(e).splitlines()[0][:120]})") from None
+        if info.get("format") != FORMAT_TAG or "phones" not in tensors or "tokens" not in tensors:
+            raise SpecdecError(f"{folder}: not a specdec voice")
+        cond = {k.removeprefix("cond."): v for k, v in tensors.items() if k.startswith("cond.")}
+        return cls(info["name"], info["text"], info["language"], info["symbol_version"], tensors["phones"].long(),
+                   tensors["tokens"].long(), tensors.get("bert"), cond, info.get("meta", {}))
+
+
+def _write_text(path: str, text: str) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
