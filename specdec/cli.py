@@ -1,4 +1,4 @@
-"""`specdec` command line: bench, convert, info (synth, distill and voice join as their pieces land).
+"""`specdec` command line: synth, bench, convert, info, voice create.
 
 Every user error is one line on stderr and a non-zero exit; `--debug` shows the traceback instead.
 """
@@ -12,6 +12,124 @@ import sys
 from specdec.errors import SpecdecError
 
 EXIT_USER_ERROR = 2
+
+
+MODES = {  # presets; explicit options override them
+    "quality": dict(draft=None, stream=False),  # the full decoder, offline, no speculation needed
+    "fast": dict(draft="default", stream=True),  # speculation + streaming (+ the bundle's fast decoder)
+}
+
+
+def _add_synth(sub) -> None:
+    p = sub.add_parser("synth", help="text → speech; prints acceptance statistics",
+                       description="Synthesise TEXT. With no model options the bundled demo voice speaks. "
+                                   "--mode presets: quality = no speculation, offline decode; fast = the "
+                                   "bundle's draft + streaming decode. Explicit options override a preset.")
+    p.add_argument("text")
+    p.add_argument("-o", "--out", default="out.wav", help="output wav (written only when synthesis succeeds)")
+    p.add_argument("--gpt", help="GPT file (upstream .ckpt or specdec .safetensors)")
+    p.add_argument("--sovits", help="SoVITS file (upstream .pth or specdec .safetensors)")
+    p.add_argument("--voice", help="voice folder (specdec voice create), or a built-in speaker's name")
+    p.add_argument("--draft", help="GPT file, layerskip:N, ngram or none")
+    p.add_argument("--k", type=int, default=None, help="drafts per round (default 4)")
+    p.add_argument("--adaptive", action="store_true", help="pick k per round from observed acceptance")
+    p.add_argument("--top-k", type=int, default=15)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--repetition-penalty", type=float, default=1.35)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--stream", action=argparse.BooleanOptionalAction, default=None,
+                   help="decode in chunks as tokens are accepted (reports time to first audio)")
+    p.add_argument("--text-split", default="cut1", choices=["cut0", "cut1", "cut2", "cut3", "cut4", "cut5"])
+    p.add_argument("--language", default=None, help="en, zh or auto (default: the voice's)")
+    p.add_argument("--mode", choices=sorted(MODES), default="fast")
+    p.add_argument("--json", action="store_true", help="print the statistics as one JSON object on stdout")
+    p.set_defaults(func=cmd_synth)
+
+
+def _resolve_draft(spec, bundle_draft):
+    if spec in (None, "default"):
+        return bundle_draft
+    if spec == "none":
+        return None
+    return spec  # a path, layerskip:N or ngram (the engine resolves and validates it)
+
+
+def cmd_synth(args) -> None:
+    from specdec.pipeline import TTS, synthesize, write_wav
+    from specdec.sampling import SamplingParams
+    preset = MODES[args.mode]
+    params = SamplingParams(top_k=args.top_k, top_p=args.top_p, temperature=args.temperature,
+                            repetition_penalty=args.repetition_penalty, seed=args.seed)
+    if not args.text.strip():
+        raise SpecdecError("the text is empty")
+    if args.k is not None and not 1 <= args.k <= 16:
+        raise SpecdecError(f"--k must lie in 1..16 (got {args.k})")
+    out_dir = os.path.dirname(os.path.abspath(args.out))
+    if not os.path.isdir(out_dir):
+        raise SpecdecError(f"{args.out}: the folder {out_dir} does not exist")
+    gpt, decoder, frontend, voice, bundle_draft = _load_models(args)
+    draft = _resolve_draft(args.draft if args.draft is not None else preset["draft"], bundle_draft)
+    stream = preset["stream"] if args.stream is None else args.stream
+    tts = TTS(gpt, decoder, frontend, draft=draft, k=args.k or 4, adaptive=args.adaptive)
+    audio, stats = synthesize(args.text, tts, voice, streaming=stream, language=args.language,
+                              text_split=args.text_split, params=params)
+    write_wav(args.out, audio, decoder.sample_rate)
+    report = {**stats.to_dict(), "out": args.out, "mode": args.mode, "draft": _draft_name(draft),
+              "k": tts.k if draft is not None else 0, "streaming": stream, "voice": voice.name}
+    if args.json:
+        print(json.dumps(report))
+    else:
+        _print_synth_table(report)
+
+
+def _draft_name(draft) -> str:
+    if draft is None:
+        return "none"
+    return draft if isinstance(draft, str) else getattr(draft, "name", type(draft).__name__)
+
+
+def _load_models(args):
+    """(gpt, decoder, frontend, voice, bundle draft) from explicit files, or the bundled demo voice."""
+    from specdec.models.text import Frontend
+    from specdec.voices import Voice
+    if args.gpt is None and args.sovits is None:
+        from specdec import demo
+        bundle = demo.load()
+        voice = bundle.voice(args.voice)
+        return bundle.gpt, bundle.decoder, bundle.frontend, voice, bundle.draft
+    if not (args.gpt and args.sovits and args.voice):
+        raise SpecdecError("a model set needs --gpt, --sovits and --voice together (or none of them: demo voice)")
+    from specdec.models.checkpoint import load_gpt
+    from specdec.models.decoder import SoVITSDecoder
+    from specdec.models.sovits import check_symbol_set
+    gpt = load_gpt(args.gpt)
+    decoder = SoVITSDecoder.from_file(args.sovits, seed=0 if args.seed is None else args.seed)
+    check_symbol_set(decoder.cfg, gpt.cfg.phoneme_vocab_size, f"{args.gpt} + {args.sovits}")
+    voice = Voice.load(args.voice)
+    return gpt, decoder, Frontend(voice.symbol_version), voice, None
+
+
+def _print_synth_table(r: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+    t = Table(title=f"specdec synth → {r['out']}", show_header=False)
+    acc = " ".join(f"{a:.2f}" for a in r["acceptance_per_position"]) or "–"
+    rows = [("voice / mode", f"{r['voice']} / {r['mode']}"),
+            ("draft", f"{r['draft']}" + (f" (k={r['k']})" if r["k"] else "")),
+            ("tokens generated", f"{r['tokens']}"),
+            ("target forward passes", f"{r['target_passes']}"),
+            ("acceptance rate (drafts)", f"{r['draft_acceptance_rate']:.1%}" if r["num_drafts"] else "–"),
+            ("acceptance per position", acc),
+            ("mean acceptance length", f"{r['mean_acceptance_length']:.2f}" if r["num_drafts"] else "–"),
+            ("draft / verify time", f"{r['draft_s']:.2f} s / {r['verify_s']:.2f} s"),
+            ("GPT tokens/s", f"{r['gpt_tokens_per_s']:.1f}"),
+            ("time to first audio", f"{r['first_chunk_s']:.2f} s" + ("" if r["streaming"] else " (offline)")),
+            ("audio", f"{r['audio_s']:.2f} s"),
+            ("real-time factor", f"{r['rtf']:.3f}")]
+    for k, v in rows:
+        t.add_row(k, v)
+    Console().print(t)
 
 
 def _add_bench(sub) -> None:
@@ -141,11 +259,51 @@ def _int_list(s: str, flag: str) -> list[int]:
     return xs
 
 
+def _add_voice(sub) -> None:
+    p = sub.add_parser("voice", help="voices: create one from a reference clip")
+    vs = p.add_subparsers(dest="voice_command", required=True)
+    c = vs.add_parser("create", help="reference clip (3-10 s) + its transcript → a voice folder")
+    c.add_argument("ref", help="reference audio (wav/flac/ogg), 3 to 10 seconds")
+    c.add_argument("--text", required=True, help="what the reference says")
+    c.add_argument("--language", default="en")
+    c.add_argument("--sovits", required=True, help="the SoVITS model the voice is for (its codebook makes the tokens)")
+    c.add_argument("--hubert", required=True, help="local chinese-hubert-base folder (config.json + weights)")
+    c.add_argument("--sv", help="ERes2NetV2 checkpoint, for v2Pro/v2ProPlus models")
+    c.add_argument("--name")
+    c.add_argument("-o", "--out", required=True, help="output voice folder")
+    c.set_defaults(func=cmd_voice_create)
+
+
+def cmd_voice_create(args) -> None:
+    from rich.console import Console
+
+    from specdec.models.sovits_checkpoint import load_sovits
+    from specdec.models.text import Frontend
+    from specdec.voices import create_sovits_voice
+    console = Console(stderr=True)
+    with console.status("loading SoVITS"):
+        sovits = load_sovits(args.sovits)
+    version = "v1" if sovits.cfg.version == "v1" else "v2"
+    with console.status("extracting prompt tokens, spectrogram and phones"):
+        voice = create_sovits_voice(args.ref, args.text, args.language, Frontend(version), sovits, args.hubert,
+                                    args.sv, args.name)
+    voice.save(args.out)
+    console.print(f"wrote voice {voice.name!r} to {args.out}: {voice.tokens.numel()} prompt tokens, "
+                  f"{voice.phones.numel()} phones")
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage mistakes are one line too (argparse prints the usage block first)."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="specdec", description="Exact speculative decoding for GPT-SoVITS.")
+    ap = _Parser(prog="specdec", description="Exact speculative decoding for GPT-SoVITS.")
     ap.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = ap.add_subparsers(dest="command", required=True)
-    for add in (_add_bench, _add_convert, _add_info):
+    for add in (_add_synth, _add_bench, _add_convert, _add_info, _add_voice):
         add(sub)
     return ap
 

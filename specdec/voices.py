@@ -77,3 +77,26 @@ class Voice:
 def _write_text(path: str, text: str) -> None:
     with open(path, "w", encoding="utf-8") as f:
         f.write(text)
+
+
+def create_sovits_voice(ref_wav: str, text: str, language: str, frontend, sovits, hubert_dir: str,
+                        sv_ckpt: str | None = None, name: str | None = None) -> Voice:
+    """A voice for a GPT-SoVITS model set: prompt tokens from HuBERT + the SoVITS codebook, the reference
+    spectrogram, the transcript's phones (and BERT), and for v2Pro/ProPlus the ERes2NetV2 speaker embedding."""
+    from specdec.models.audio import load_reference
+    from specdec.models.hubert import load_hubert, prompt_tokens_from_file
+    if not text.strip():
+        raise SpecdecError("the reference transcript (--text) is empty")
+    ref = load_reference(ref_wav)  # checks 3-10 s
+    cond = {"refer_spec": ref.refer_spec}
+    if sovits.cfg.is_pro:
+        from specdec.models.sv import load_sv_model, speaker_embedding
+        if sv_ckpt is None:
+            raise SpecdecError(f"SoVITS {sovits.cfg.version} needs a speaker-embedding model: pass --sv "
+                               "pretrained_eres2netv2w24s4ep4.ckpt (upstream's pretrained_models/sv/)")
+        cond["sv_emb"] = speaker_embedding(load_sv_model(sv_ckpt), ref.wav32k)
+    tokens = prompt_tokens_from_file(sovits, load_hubert(hubert_dir), ref_wav)
+    phones, bert = frontend.phones(text, language)
+    return Voice(name or os.path.splitext(os.path.basename(ref_wav))[0], text, language, frontend.symbol_version,
+                 phones, tokens, bert, cond, {"source": os.path.basename(ref_wav), "decoder": "sovits",
+                                              "sovits_version": sovits.cfg.version})
