@@ -4,7 +4,9 @@
   layerskip:N  the target's first N layers + its head (self-speculation): its K/V for those layers *is* the
                target's, written once into the target's own pages, and verification starts at layer N from the
                draft's hidden states;
-  ngram        prompt lookup over the sequence's own history (prompt + generated); deterministic, q one-hot.
+  ngram        prompt lookup over the sequence's own history (prompt + generated); deterministic, q one-hot;
+  eagle        a feature-level draft (specdec.models.eagle): one or two blocks fed the target's previous hidden
+               state with the current token, sharing the target's embeddings and head.
 
 The contract that keeps speculation exact: `Proposal.q[i]` is exactly the distribution `drafts[i]` was sampled
 from. Drafters sample from the upstream warper chain applied to their own logits (same history, same EOS ban),
@@ -50,6 +52,11 @@ class Drafter:
     def propose(self, engine: "Engine", seqs: list["Sequence"], ks: list[int]) -> list[Proposal]:
         raise NotImplementedError
 
+    def observe(self, seqs: list["Sequence"], hidden: torch.Tensor, query_lens: list[int], positions: list[int],
+                accepted: list[int]) -> None:
+        """After each verify pass: the target's last-layer hidden states [T, d] for the rows it ran (per sequence
+        query_lens[i] rows from position positions[i]), of which the first accepted[i] + 1 are now history."""
+
 
 def _sample_drafts(seqs: list["Sequence"], logits: torch.Tensor, drafts: list[list[int]]
                    ) -> tuple[list[int], torch.Tensor]:
@@ -74,6 +81,9 @@ class _ModelDrafter(Drafter):
         """Feed tokens (ending at each sequence's newest position) through the draft; returns [B, d] last rows."""
         raise NotImplementedError
 
+    def logits(self, h: torch.Tensor) -> torch.Tensor:
+        return self.model.logits(h)
+
     def _draft(self, engine: "Engine", seqs: list["Sequence"], ks: list[int]):
         eos = engine.target.cfg.eos
         drafts = {id(s): [] for s in seqs}
@@ -83,7 +93,7 @@ class _ModelDrafter(Drafter):
         feeds = [self._catch_up(s) for s in active]
         while active:
             h = self._step(engine, active, feeds)
-            tokens, q = _sample_drafts(active, self.model.logits(h), [drafts[id(s)] for s in active])
+            tokens, q = _sample_drafts(active, self.logits(h), [drafts[id(s)] for s in active])
             nxt, feeds = [], []
             for i, (s, d) in enumerate(zip(active, tokens)):
                 drafts[id(s)].append(d)
@@ -180,6 +190,71 @@ class LayerSkipDrafter(_ModelDrafter):
         return out
 
 
+class EagleDrafter(_ModelDrafter):
+    """Drafts with specdec.models.eagle.EagleDraft; keeps each sequence's recent target hidden states."""
+
+    def __init__(self, model, target: GPT):
+        if model.cfg.d_model != target.cfg.d_model:
+            raise SpecdecError(f"EAGLE draft width {model.cfg.d_model} differs from the target's {target.cfg.d_model}")
+        self.model, self.target = model.eval(), target
+        self.kv: list = []
+        self._h: dict[int, dict[int, torch.Tensor]] = {}  # per sequence: position → target hidden state [d]
+        self._next: dict[int, int] = {}  # per sequence: the position the next draft step writes
+        self._hat: dict[int, torch.Tensor] = {}  # per sequence: the draft's last ĥ (stands in for an unverified h)
+
+    def bind(self, pool, target_kv):
+        c = self.model.cfg
+        self.kv = pool.new_kv(c.n_layer, c.n_head, c.head_dim, self.target.dtype, self.target.device)
+
+    def logits(self, h):
+        return self.target.logits(h)  # the target's own head
+
+    def prefill(self, seqs, xs, meta, target_hidden):
+        h_prev, q0 = [], 0
+        for s, x in zip(seqs, xs):
+            h = target_hidden[q0:q0 + x.shape[0]]
+            h_prev.append(torch.cat([h.new_zeros(1, h.shape[1]), h[:-1]]))  # nothing precedes position 0
+            self._h[id(s)] = {x.shape[0] - 1: h[-1]}
+            q0 += x.shape[0]
+        self.model(torch.cat(h_prev), torch.cat(xs), meta, self.kv)
+
+    def observe(self, seqs, hidden, query_lens, positions, accepted):
+        q0 = 0
+        for s, ql, L, n in zip(seqs, query_lens, positions, accepted):
+            store = self._h.setdefault(id(s), {})
+            for i in range(n + 1):
+                store[L + i] = hidden[q0 + i]
+            q0 += ql
+
+    def _step(self, engine, seqs, feeds):
+        h_prev, tokens, positions, lens, ends = [], [], [], [], []
+        for s, f in zip(seqs, feeds):
+            p0, store = self._next[id(s)], self._h[id(s)]
+            for j, tok in enumerate(f):
+                t = p0 + j
+                h_prev.append(store[t - 1] if t - 1 in store else self._hat[id(s)][0])
+                tokens.append(tok)
+                positions.append(s.audio_position(t))
+            lens.append(len(f))
+            ends.append(p0 + len(f))
+        x_emb = self.target.embed_audio(torch.tensor(tokens), torch.tensor(positions))
+        h = self.model(torch.stack(h_prev), x_emb, engine.meta(seqs, lens, ends), self.kv)
+        last = h[torch.tensor(lens).cumsum(0) - 1]
+        for i, (s, e) in enumerate(zip(seqs, ends)):
+            self._next[id(s)], self._hat[id(s)] = e, last[i:i + 1]
+            s.draft_len = min(e, s.pending_pos + 1)  # only positions fed true hidden states count as seen
+        return last
+
+    def propose(self, engine, seqs, ks):
+        for s in seqs:
+            self._next[id(s)] = s.draft_len
+            store = self._h[id(s)]
+            for t in [t for t in store if t < s.draft_len - 1]:
+                del store[t]  # fed already
+        drafts, qs = self._draft(engine, seqs, ks)
+        return [Proposal(drafts[id(s)], torch.stack(qs[id(s)]) if qs[id(s)] else None) for s in seqs]
+
+
 class NgramDrafter(Drafter):
     """Prompt lookup: find the longest recent n-gram (n ≤ max_ngram) that occurred before in the history and
     propose what followed it."""
@@ -210,11 +285,14 @@ def lookup(history: list[int], k: int, max_ngram: int) -> list[int]:
 
 
 def make_drafter(draft, target: GPT) -> Drafter | None:
-    """None | Drafter | GPT | "gpt path" | "layerskip:N" | "ngram" | "ngram:N" → a Drafter."""
+    """None | Drafter | GPT | EagleDraft | path to either | "layerskip:N" | "ngram" | "ngram:N" → a Drafter."""
     if draft is None or isinstance(draft, Drafter):
         return draft
+    from specdec.models.eagle import EagleDraft, is_eagle_file, load_eagle
     if isinstance(draft, GPT):
         return GPTDrafter(draft, target)
+    if isinstance(draft, EagleDraft):
+        return EagleDrafter(draft, target)
     if isinstance(draft, str):
         kind, _, arg = draft.partition(":")
         try:
@@ -225,5 +303,7 @@ def make_drafter(draft, target: GPT) -> Drafter | None:
         except ValueError:
             raise SpecdecError(f"bad draft spec {draft!r}: expected layerskip:N or ngram[:N]") from None
         from specdec.models.checkpoint import load_gpt
+        if is_eagle_file(draft):
+            return EagleDrafter(load_eagle(draft, target.cfg), target)
         return GPTDrafter(load_gpt(draft), target)
     raise SpecdecError(f"unsupported draft {draft!r}")

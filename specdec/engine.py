@@ -240,7 +240,8 @@ class Engine:
                 positions += [s.audio_position(s.pending_pos + i) for i in range(ql)]
             x = self.target.embed_audio(torch.tensor(tokens, device=self.target.device),
                                         torch.tensor(positions, device=self.target.device))
-        logits = self.target.logits(self.target(x, meta, self.target_kv, start_layer=start))  # [T, V]
+        hidden = self.target(x, meta, self.target_kv, start_layer=start)  # [T, d]
+        logits = self.target.logits(hidden)  # [T, V]
         t_verify = time.perf_counter() - t
         for s in seqs:
             s.stats.draft_s += t_draft / len(seqs)
@@ -248,7 +249,10 @@ class Engine:
             s.stats.target_passes += 1
         self.costs.observe(max(query_lens) - 1, t_draft, t_verify)
         positions = [s.pending_pos for s in seqs]
-        for s, p, L, n in zip(seqs, proposals, positions, self._accept(seqs, logits, proposals)):
+        accepted = self._accept(seqs, logits, proposals)
+        if self.drafter is not None:
+            self.drafter.observe(seqs, hidden, query_lens, positions, accepted)
+        for s, p, L, n in zip(seqs, proposals, positions, accepted):
             s.table.truncate(L + 1 + n)  # keep the old pending token and the accepted drafts
             s.draft_len = min(s.draft_len, L + 1 + n)
             s.acceptance.update(len(p.drafts), n)

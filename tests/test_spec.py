@@ -164,10 +164,11 @@ def dist_setup():
 ALPHA = 1e-3 / (len(POSITIONS) + 2)  # Bonferroni over the χ² tests of one comparison
 
 
-@pytest.mark.parametrize("draft", ["self", "perturbed", "perturbed-adaptive", "layerskip:1", "ngram"])
+@pytest.mark.parametrize("draft", ["self", "perturbed", "perturbed-adaptive", "layerskip:1", "ngram", "eagle"])
 def test_speculative_sampling_has_the_autoregressive_distribution(dist_setup, draft):
     target, phones, prompt, base = dist_setup
-    d = {"self": target}.get(draft, perturbed(target, 0.05, 3) if "perturbed" in draft else draft)  # α ≈ 0.55
+    d = {"self": target, "eagle": perturbed(eagle_copy_of(target), 0.05, 5)}.get(
+        draft, perturbed(target, 0.05, 3) if "perturbed" in draft else draft)  # perturbed: α ≈ 0.55
     kw = dict(adaptive=True, draft_threshold=0.2) if "adaptive" in draft else {}
     spec = _sample_many(Engine(target, d, k=4, **kw), phones, prompt, seed0=10**6)  # disjoint seeds
     assert _min_p_value(base, spec) > ALPHA
@@ -272,3 +273,49 @@ def test_streamed_tokens_add_up_to_the_generated_ones(target):
     next(partial)
     partial.close()  # a consumer that stops early still returns every page
     assert engine.pool.num_free == engine.pool.num_blocks
+
+
+# ---- EAGLE-style feature drafts ------------------------------------------------------------------------------
+def eagle_copy_of(target):
+    """An EAGLE draft that ignores h_prev and runs copies of all the target's blocks: it *is* the target, so
+    near-full acceptance proves that positions, catch-up and K/V pages line up."""
+    from specdec.models.eagle import EagleConfig, EagleDraft
+    c = target.cfg
+    e = EagleDraft(EagleConfig(d_model=c.d_model, n_layer=c.n_layer, n_head=c.n_head))
+    with torch.no_grad():
+        e.fc.weight.zero_()
+        e.fc.weight[:, c.d_model:] = torch.eye(c.d_model)
+        e.fc.bias.zero_()
+        for mine, theirs in zip(e.layers, target.layers):
+            mine.load_state_dict(theirs.state_dict())
+    return e.eval()
+
+
+def test_eagle_drafts_are_exact_and_line_up(target):
+    from specdec.models.eagle import EagleConfig, EagleDraft
+    ref = Engine(target).generate(requests(3))
+    random_eagle = EagleDraft(EagleConfig(d_model=64, n_layer=1, n_head=4)).eval()
+    for draft in (random_eagle, eagle_copy_of(target)):
+        for k in (1, 3, 6):
+            outs = Engine(target, draft, k=k).generate(requests(3))
+            for o, r in zip(outs, ref):
+                assert torch.equal(o.tokens, r.tokens)
+    st = Engine(target, eagle_copy_of(target), k=4).generate(
+        requests(1, params=SamplingParams(max_new_tokens=60, seed=3)))[0].stats
+    assert st.draft_acceptance_rate > 0.9
+
+
+def test_eagle_sees_the_targets_hidden_states(target):
+    """After generation, every stored h equals the target's last-layer state at that position (dense rerun)."""
+    from specdec.drafters import EagleDrafter
+    from specdec.models.gpt import prefix_lm_mask
+    drafter = EagleDrafter(eagle_copy_of(target), target)
+    r = requests(1, params=SamplingParams(max_new_tokens=25, seed=4))[0]
+    out = Engine(target, drafter, k=3).generate([r])[0]
+    store = next(iter(drafter._h.values()))
+    y = torch.cat([r.prompt, out.tokens])
+    with torch.no_grad():
+        x = torch.cat([target.embed_text(r.phones), target.embed_audio(y, torch.arange(len(y)))])[None]
+        T = x.shape[1]
+        h = target.forward_dense(x, prefix_lm_mask(torch.tensor([r.phones.numel()]), torch.tensor([T]), T))[0]
+    assert store and all(torch.allclose(v, h[pos], atol=1e-4) for pos, v in store.items() if pos < T)
