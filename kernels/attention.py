@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 BACKENDS = ("torch", "triton")
+PADDED_BATCH = 16  # from this many sequences one padded SDPA beats the per-sequence loop (≈10% at 32-200, CPU)
 
 
 @dataclass
@@ -91,6 +92,30 @@ class AttentionMetadata:
         return plan
 
 
+    @cached_property
+    def padded_plan(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """For a batch in one SDPA call: (row_b, row_i) [T] place each query in a [B, Q_max] grid, slots
+        [B, S_max] index every key (padding → slot 0), mask [B, 1, Q_max, S_max] (padding queries see key 0 only,
+        so no softmax row is empty)."""
+        dev, ps = self.device, self.page_size
+        ql = torch.tensor(self.query_lens, device=dev)
+        sl = torch.tensor(self.seq_lens, device=dev)
+        pl = torch.tensor(self.prefix_lens, device=dev)
+        B, Q, S = len(self.query_lens), max(self.query_lens), max(self.seq_lens)
+        row_b = torch.repeat_interleave(torch.arange(B, device=dev), ql)
+        row_i = torch.cat([torch.arange(n, device=dev) for n in self.query_lens])
+        t = torch.arange(S, device=dev)
+        bt = self.block_table.long()
+        slots = bt[:, (t // ps).clamp(max=bt.shape[1] - 1)] * ps + t % ps  # [B, S]
+        i = (sl - ql)[:, None] + torch.arange(Q, device=dev)[None]  # [B, Q] absolute query positions
+        j = t[None, None, :]
+        i3, P = i[:, :, None], pl[:, None, None]
+        mask = ((j <= i3) | ((i3 < P) & (j < P))) & (j < sl[:, None, None])
+        pad_q = torch.arange(Q, device=dev)[None] >= ql[:, None]  # [B, Q]
+        mask[pad_q] = j[0, 0] == 0
+        return row_b, row_i, slots, mask[:, None]
+
+
 def _cumsum(xs):
     total = 0
     for x in xs:
@@ -139,6 +164,8 @@ def paged_attention_torch(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch
                           meta: AttentionMetadata, scale: float | None = None) -> torch.Tensor:
     """Reference attention over the cache (new K/V already stored). q [T, H, D] → out [T, H, D]."""
     k_all, v_all = head_major(k_cache), head_major(v_cache)  # [H, num_slots, D]
+    if len(meta.query_lens) >= PADDED_BATCH:
+        return _padded_attention(q, k_all, v_all, meta, scale)
     plan = meta.torch_plan
     out = torch.empty_like(q) if len(plan) > 1 else None
     for q0, ql, keys, sl, mask in plan:
@@ -152,6 +179,19 @@ def paged_attention_torch(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch
             return o[0].transpose(0, 1)
         out[q0:q0 + ql] = o[0].transpose(0, 1)
     return out
+
+
+def _padded_attention(q, k_all, v_all, meta: AttentionMetadata, scale) -> torch.Tensor:
+    """The whole ragged batch in one SDPA over a padded [B, H, Q_max, S_max] grid (keys gathered once per layer)."""
+    row_b, row_i, slots, mask = meta.padded_plan
+    B, S = slots.shape
+    H, _, D = k_all.shape
+    kb = k_all.index_select(1, slots.flatten()).view(H, B, S, D).transpose(0, 1)  # [B, H, S, D]
+    vb = v_all.index_select(1, slots.flatten()).view(H, B, S, D).transpose(0, 1)
+    qp = q.new_zeros(B, mask.shape[2], H, D)
+    qp[row_b, row_i] = q
+    o = F.scaled_dot_product_attention(qp.transpose(1, 2), kb, vb, attn_mask=mask, scale=scale)  # [B, H, Q, D]
+    return o.transpose(1, 2)[row_b, row_i]
 
 
 def default_backend(device: torch.device | str) -> str:

@@ -5,7 +5,9 @@ from hypothesis import strategies as st
 
 from specdec.cache import BlockTable, PagePool
 from specdec.errors import SpecdecError
-from specdec.kernels import AttentionMetadata, head_major, paged_attention
+from specdec.kernels import AttentionMetadata, attention, head_major, paged_attention
+
+PADDED_DEFAULT = attention.PADDED_BATCH
 
 H, D = 2, 4
 
@@ -110,9 +112,12 @@ def _dense_reference(q, k, v, q_pos, prefix_len):
 
 
 @settings(max_examples=60, deadline=None)
-@given(data=st.data(), page_size=st.sampled_from([1, 4, 16]), n_seq=st.integers(1, 4), scatter=st.booleans())
-def test_torch_paged_attention_matches_dense_reference(data, page_size, n_seq, scatter):
-    """Ragged batch: each sequence has a cached context, then q_len new tokens (prefill when context = 0)."""
+@given(data=st.data(), page_size=st.sampled_from([1, 4, 16]), n_seq=st.integers(1, 4), scatter=st.booleans(),
+       padded=st.booleans())
+def test_torch_paged_attention_matches_dense_reference(data, page_size, n_seq, scatter, padded):
+    """Ragged batch: each sequence has a cached context, then q_len new tokens (prefill when context = 0); both
+    torch strategies (per-sequence views, one padded SDPA)."""
+    attention.PADDED_BATCH = 1 if padded else 10**9
     g = torch.Generator().manual_seed(data.draw(st.integers(0, 2**31 - 1)))
     pool = PagePool(num_blocks=200, page_size=page_size)
     (k_cache, v_cache), = pool.new_kv(1, H, D)
@@ -150,3 +155,4 @@ def test_torch_paged_attention_matches_dense_reference(data, page_size, n_seq, s
         ref = _dense_reference(q[q0:q0 + ql], k, v, list(range(S - ql, S)), pl)
         torch.testing.assert_close(out[q0:q0 + ql], ref, atol=1e-5, rtol=1e-5)
         q0 += ql
+    attention.PADDED_BATCH = PADDED_DEFAULT
