@@ -118,6 +118,13 @@ def test_torch_paged_attention_matches_dense_reference(data, page_size, n_seq, s
     """Ragged batch: each sequence has a cached context, then q_len new tokens (prefill when context = 0); both
     torch strategies (per-sequence views, one padded SDPA)."""
     attention.PADDED_BATCH = 1 if padded else 10**9
+    try:
+        _check_against_dense(data, page_size, n_seq, scatter)
+    finally:
+        attention.PADDED_BATCH = PADDED_DEFAULT
+
+
+def _check_against_dense(data, page_size, n_seq, scatter):
     g = torch.Generator().manual_seed(data.draw(st.integers(0, 2**31 - 1)))
     pool = PagePool(num_blocks=200, page_size=page_size)
     (k_cache, v_cache), = pool.new_kv(1, H, D)
@@ -155,4 +162,3 @@ def test_torch_paged_attention_matches_dense_reference(data, page_size, n_seq, s
         ref = _dense_reference(q[q0:q0 + ql], k, v, list(range(S - ql, S)), pl)
         torch.testing.assert_close(out[q0:q0 + ql], ref, atol=1e-5, rtol=1e-5)
         q0 += ql
-    attention.PADDED_BATCH = PADDED_DEFAULT
