@@ -95,8 +95,9 @@ class AttentionMetadata:
     @cached_property
     def padded_plan(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """For a batch in one SDPA call: (row_b, row_i) [T] place each query in a [B, Q_max] grid, slots
-        [B, S_max] index every key (padding → slot 0), mask [B, 1, Q_max, S_max] (padding queries see key 0 only,
-        so no softmax row is empty)."""
+        [B, S_max] index every key (padding repeats the sequence's last key: masked, but never an unwritten slot
+        whose garbage could be NaN, since 0·NaN poisons the weighted sum), mask [B, 1, Q_max, S_max] (padding
+        queries see key 0 only, so no softmax row is empty)."""
         dev, ps = self.device, self.page_size
         ql = torch.tensor(self.query_lens, device=dev)
         sl = torch.tensor(self.seq_lens, device=dev)
@@ -106,7 +107,8 @@ class AttentionMetadata:
         row_i = torch.cat([torch.arange(n, device=dev) for n in self.query_lens])
         t = torch.arange(S, device=dev)
         bt = self.block_table.long()
-        slots = bt[:, (t // ps).clamp(max=bt.shape[1] - 1)] * ps + t % ps  # [B, S]
+        tc = torch.minimum(t[None], sl[:, None] - 1)  # [B, S] clamped to each sequence's own keys
+        slots = bt.gather(1, tc // ps) * ps + tc % ps
         i = (sl - ql)[:, None] + torch.arange(Q, device=dev)[None]  # [B, Q] absolute query positions
         j = t[None, None, :]
         i3, P = i[:, :, None], pl[:, None, None]

@@ -128,6 +128,8 @@ def _check_against_dense(data, page_size, n_seq, scatter):
     g = torch.Generator().manual_seed(data.draw(st.integers(0, 2**31 - 1)))
     pool = PagePool(num_blocks=200, page_size=page_size)
     (k_cache, v_cache), = pool.new_kv(1, H, D)
+    k_cache.fill_(float("nan"))  # unwritten slots must never reach the output (0·NaN = NaN)
+    v_cache.fill_(float("nan"))
     if scatter:  # interleave the sequences' pages so the gather path runs too
         filler = BlockTable(pool)
     histories, tables, q_lens, prefix_lens = [], [], [], []
