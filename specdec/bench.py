@@ -140,7 +140,6 @@ def ar_vs_upstream(shape: str = "v2", n_tokens: int = 150, repeats: int = 5, war
 def spec_sweep(target, drafts: dict, ks: list[int], requests: list, repeats: int = 3, warmup: int = 1,
                upstream: bool = False, progress=None) -> dict:
     """tokens/s and acceptance of specdec AR, upstream (optional) and every (draft, k), interleaved."""
-    import specdec
     from specdec.engine import Engine
     stats: dict[str, list] = {}
 
