@@ -8,9 +8,11 @@ import torch
 
 from specdec.errors import SpecdecError
 from specdec.models.text import english
+from specdec.models.text.split import METHODS, split_text
 from specdec.models.text.symbols import PUNCTUATION, SILENCES, SYMBOL_TO_ID
 
 LANGUAGES = ("en",)
+_CJK = re.compile(r"[\u3000-\u303f\u3040-\u30ff\u3400-\u9fff\uac00-\ud7af\uff00-\uffef]")  # kana, Han, Hangul, full-width
 MIN_PHONES = 6  # upstream re-reads shorter texts once with a leading "."
 
 
@@ -28,6 +30,12 @@ class Frontend:
             raise SpecdecError(f"symbol set {symbol_version!r} unknown: expected one of {sorted(SYMBOL_TO_ID)}")
         self.symbol_version = symbol_version
         self.symbol_to_id = SYMBOL_TO_ID[symbol_version]
+
+    def split(self, text: str, method: str = "cut1") -> list[str]:
+        """Segments as upstream cuts them (methods cut0-cut5); segments end in "." for Latin text, "。" otherwise."""
+        if method not in METHODS:
+            raise SpecdecError(f"text split method {method!r} unknown: use one of {', '.join(METHODS)}")
+        return split_text(text, method, "。" if _CJK.search(text) else ".")
 
     def symbols(self, text: str, language: str) -> list[str]:
         """Phone symbols of one segment, as upstream's get_phones_and_bert builds them."""
