@@ -173,6 +173,15 @@ def train(train_utts: list[Utterance], test_utts: list[Utterance], work_dir: str
     return net.eval()
 
 
+def _codebook_size(tokens_path: str) -> int:
+    from safetensors import safe_open
+    with safe_open(tokens_path, framework="pt") as f:
+        meta = f.metadata() or {}
+        if "n_tokens" in meta:
+            return int(meta["n_tokens"])
+        return 1 + max(int(f.get_tensor(k).max()) for k in f.keys())
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--manifest", required=True)
@@ -180,15 +189,16 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--work-dir", required=True)
     ap.add_argument("--out", required=True, help="fp16 safetensors weights to write at the end")
     ap.add_argument("--steps", type=int, default=DecoderTrainConfig.steps)
-    ap.add_argument("--vocab-size", type=int, default=FastDecoderConfig.vocab_size)
+    ap.add_argument("--vocab-size", type=int, default=None, help="codebook size (default: the tokens file's n_tokens)")
     ap.add_argument("--dim", type=int, default=FastDecoderConfig.dim)
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     os.makedirs(args.work_dir, exist_ok=True)
+    vocab_size = args.vocab_size or _codebook_size(args.tokens)
     train_utts, test_utts = load_corpus(args.manifest, args.tokens, os.path.join(args.work_dir, "features.pt"))
     net = train(train_utts, test_utts, args.work_dir, DecoderTrainConfig(steps=args.steps),
-                FastDecoderConfig(vocab_size=args.vocab_size, dim=args.dim))
+                FastDecoderConfig(vocab_size=vocab_size, dim=args.dim))
     save_fast_decoder(net, args.out)
 
 
