@@ -1,4 +1,4 @@
-"""`specdec` command line: synth, bench, convert, info, voice create.
+"""`specdec` command line: synth, bench, distill, convert, info, voice create.
 
 Every user error is one line on stderr and a non-zero exit; `--debug` shows the traceback instead.
 """
@@ -200,6 +200,94 @@ def _upstream_importable() -> bool:
         return False
 
 
+def _add_distill(sub) -> None:
+    p = sub.add_parser("distill", help="train a draft on the target's own warped distributions (resumable)",
+                       description="The target generates a sequence for every line of --texts (upstream default "
+                                   "sampling, prompted by --voice if given); a draft then learns the target's warped "
+                                   "next-token distribution on them (KL). The last 10%% of lines are held out; "
+                                   "acceptance on them is reported before and after. Re-running resumes.")
+    p.add_argument("--target", required=True, help="target GPT file (upstream .ckpt or specdec .safetensors)")
+    p.add_argument("--texts", required=True, help="UTF-8 file, one sentence per line (≥ 10 lines)")
+    p.add_argument("--kind", choices=["gpt", "eagle"], default="eagle",
+                   help="gpt: a small GPT of its own; eagle: a head fed the target's hidden states")
+    p.add_argument("--layers", type=int, default=1)
+    p.add_argument("--width", type=int, default=None, help="gpt drafts: width (default: the target's)")
+    p.add_argument("--steps", type=int, default=1000)
+    p.add_argument("--voice", help="voice folder (or a demo speaker's name) whose prompt the target continues")
+    p.add_argument("--language", default="en")
+    p.add_argument("--max-tokens", type=int, default=500, help="cap on each generated sequence")
+    p.add_argument("--work-dir", default=None, help="checkpoints and generated data (default: OUT.work/)")
+    p.add_argument("-o", "--out", required=True)
+    p.set_defaults(func=cmd_distill)
+
+
+def cmd_distill(args) -> None:
+    import torch
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from specdec import distill
+    from specdec.engine import Engine, Request
+    from specdec.models.checkpoint import load_gpt
+    from specdec.models.text import Frontend
+    from specdec.sampling import SamplingParams
+    if args.layers < 1 or (args.width is not None and args.width < 8) or args.steps < 1:
+        raise SpecdecError("--layers and --steps must be ≥ 1 and --width ≥ 8")
+    if not os.path.isfile(args.texts):
+        raise SpecdecError(f"{args.texts}: no such file")
+    with open(args.texts, encoding="utf-8") as f:
+        texts = [line.strip() for line in f if line.strip()]
+    if len(texts) < 10:
+        raise SpecdecError(f"{args.texts}: {len(texts)} sentences; distillation needs at least 10")
+    target = load_gpt(args.target)
+    frontend = Frontend("v1" if target.cfg.phoneme_vocab_size == 512 else "v2")
+    voice = _voice(args.voice) if args.voice else None
+    work = args.work_dir or args.out + ".work"
+    os.makedirs(work, exist_ok=True)
+    console = Console(stderr=True)
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    data_path = os.path.join(work, "examples.pt")
+    if os.path.exists(data_path):  # resume: the target's sequences are generated once
+        examples = [distill.Example(**e) for e in torch.load(data_path, weights_only=True)]
+    else:
+        examples = []
+        engine = Engine(target)
+        with Progress(*columns, console=console, transient=True) as progress:
+            task = progress.add_task("target generates", total=len(texts))
+            for i in range(0, len(texts), 8):
+                reqs = []
+                for j, text in enumerate(texts[i:i + 8]):
+                    phones, _ = frontend.phones(text, args.language)
+                    if voice is not None:
+                        phones = torch.cat([voice.phones, phones])
+                    reqs.append(Request(phones, voice.tokens if voice is not None else None,
+                                        params=SamplingParams(seed=i + j, max_new_tokens=args.max_tokens)))
+                for r, o in zip(reqs, engine.generate(reqs)):
+                    prompt = r.prompt if r.prompt is not None else torch.zeros(0, dtype=torch.long)
+                    examples.append(distill.Example(r.phones, torch.cat([prompt, o.tokens])))
+                progress.advance(task, len(reqs))
+        torch.save([{"phones": e.phones, "tokens": e.tokens} for e in examples], data_path)
+    n_held = max(1, len(examples) // 10)
+    cfg = distill.DistillConfig(kind=args.kind, n_layer=args.layers, d_model=args.width, steps=args.steps)
+    with Progress(*columns, TextColumn("loss {task.fields[loss]:.3f}"), console=console, transient=True) as progress:
+        task = progress.add_task(f"distilling {args.kind}", total=args.steps, loss=float("nan"))
+        report = distill.distill(target, examples[:-n_held], examples[-n_held:], args.out, work, cfg,
+                                 progress=lambda step, total, loss: progress.update(task, completed=step, loss=loss))
+    b, a = report["alpha_before"], report["alpha_after"]
+    Console().print(f"wrote {args.out} ({args.kind}, {args.layers} layer(s)): held-out acceptance α "
+                    f"{b[0]:.3f} → {a[0]:.3f} at draft step 1, {b[1]:.3f} → {a[1]:.3f} at step 2 "
+                    f"({report['steps']} steps, {len(examples) - n_held} train / {n_held} held-out sequences)")
+
+
+def _voice(spec: str):
+    """A voice folder, or the name of one of the demo bundle's speakers."""
+    from specdec.voices import Voice
+    if os.path.isdir(spec):
+        return Voice.load(spec)
+    from specdec import demo
+    return demo.load().voice(spec)
+
+
 def _add_convert(sub) -> None:
     p = sub.add_parser("convert", help="upstream GPT .ckpt or SoVITS .pth → specdec .safetensors (weights + config)")
     p.add_argument("src")
@@ -344,7 +432,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap = _Parser(prog="specdec", description="Exact speculative decoding for GPT-SoVITS.")
     ap.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = ap.add_subparsers(dest="command", required=True)
-    for add in (_add_synth, _add_bench, _add_convert, _add_info, _add_voice):
+    for add in (_add_synth, _add_bench, _add_distill, _add_convert, _add_info, _add_voice):
         add(sub)
     return ap
 

@@ -71,6 +71,29 @@ def test_sovits_info_and_convert(tmp_path):
     assert rc == 0 and json.loads(out)["parameters"] == info["parameters"]
 
 
+def test_distill_writes_a_draft_the_engine_uses_and_resumes(ckpt, tmp_path):
+    texts = tmp_path / "texts.txt"
+    texts.write_text("\n".join(f"The {w} sat on mat number {i}." for i, w in
+                               enumerate(["cat", "dog", "bird", "fox", "cow", "pig", "hen", "owl", "ant", "bee", "elk"])))
+    out = tmp_path / "draft.safetensors"
+
+    def distill(steps):
+        return run("distill", "--target", str(ckpt), "--texts", str(texts), "--kind", "gpt", "--layers", "1",
+                   "--steps", str(steps), "--max-tokens", "20", "-o", str(out))
+    rc, stdout, err = distill(3)
+    assert rc == 0 and out.exists() and "acceptance" in stdout, err
+    assert os.path.exists(str(out) + ".work/examples.pt")  # the target's sequences, kept for resuming
+    rc, stdout, err = distill(6)  # resumes from step 3
+    assert rc == 0 and "6 steps" in stdout, err
+    from specdec.models.checkpoint import load_gpt
+    target, draft = load_gpt(str(ckpt)), str(out)
+    phones = torch.randint(0, 732, (12,), generator=torch.Generator().manual_seed(0))
+    import specdec
+    ref = specdec.generate(target, phones, None, top_k=1, max_new_tokens=30)
+    got = specdec.generate(target, phones, None, top_k=1, max_new_tokens=30, draft=draft, k=3)
+    assert torch.equal(ref.tokens, got.tokens)
+
+
 @pytest.mark.parametrize("args,needle", [
     (["info", "/nope.ckpt"], "no such file"),
     (["convert", "/nope.ckpt", "-o", "OUT"], "no such file"),
@@ -79,6 +102,8 @@ def test_sovits_info_and_convert(tmp_path):
     (["bench", "--gpt", "G", "--k", "a,b"], "integers"),
     (["frobnicate"], "invalid choice"),
     (["info"], "required"),
+    (["distill", "--target", "/nope.ckpt", "--texts", "/nope.txt", "-o", "OUT"], "no such file"),
+    (["distill", "--target", "/nope.ckpt", "--texts", "/nope.txt", "--layers", "0", "-o", "OUT"], "--layers"),
 ])
 def test_bad_inputs_are_one_line(args, needle, tmp_path, ckpt):
     args = [str(ckpt) if a == "G" else str(tmp_path / a) if a == "OUT" else a for a in args]
