@@ -133,12 +133,15 @@ def _print_synth_table(r: dict) -> None:
 
 
 def _add_bench(sub) -> None:
-    p = sub.add_parser("bench", help="GPT tokens/s: AR vs every draft kind and a k sweep (vs upstream if installed)")
+    p = sub.add_parser("bench", help="GPT tokens/s: AR vs every draft kind and a k sweep (vs upstream if installed); "
+                                     "end-to-end first-audio time and real-time factor on the demo voice")
     p.add_argument("--shape", choices=["v2", "v1", "s1"], default=None,
                    help="time a real upstream shape with random weights (cost only: acceptance is meaningless)")
     p.add_argument("--gpt", help="target GPT file (upstream .ckpt or specdec .safetensors)")
+    p.add_argument("--demo", action="store_true",
+                   help="the bundled demo voice (the default): real sentences, its draft, plus end-to-end figures")
     p.add_argument("--draft", action="append", default=None,
-                   help="draft to sweep: a GPT file, layerskip:N or ngram (repeatable)")
+                   help="draft to sweep: a GPT/EAGLE file, layerskip:N, ngram or bundle (repeatable)")
     p.add_argument("--k", default="2,4,6,8", help="comma-separated draft lengths to sweep")
     p.add_argument("--tokens", type=int, default=150, help="max new tokens per request")
     p.add_argument("--requests", type=int, default=2, help="requests in the fixed set")
@@ -159,14 +162,35 @@ def cmd_bench(args) -> None:
     from specdec.models.checkpoint import load_gpt
     from specdec.sampling import SamplingParams
     ks = _int_list(args.k, "--k")
-    if (args.shape is None) == (args.gpt is None):
-        raise SpecdecError("give exactly one of --shape (random weights) or --gpt FILE")
-    target = bench.random_target(args.shape) if args.shape else load_gpt(args.gpt)
-    drafts = {d: (d if d == "ngram" or d.startswith("layerskip:") else load_gpt(d))
-              for d in (args.draft or (["layerskip:4", "layerskip:8", "ngram"] if args.shape else ["ngram"]))}
-    params = SamplingParams(max_new_tokens=args.tokens, seed=0)
-    requests = [Request(*bench.fixed_request(phoneme_vocab_size=target.cfg.phoneme_vocab_size, seed=i),
-                        params=SamplingParams(**{**params.__dict__, "seed": i})) for i in range(args.requests)]
+    if (args.shape is not None) + (args.gpt is not None) + args.demo > 1:
+        raise SpecdecError("give at most one of --shape (random weights), --gpt FILE or --demo (the default)")
+    params = dict(max_new_tokens=args.tokens)
+    bundle = None
+    if args.shape or args.gpt:
+        target = bench.random_target(args.shape) if args.shape else load_gpt(args.gpt)
+        default_drafts = ["layerskip:4", "layerskip:8", "ngram"] if args.shape else ["ngram"]
+        requests = [Request(*bench.fixed_request(phoneme_vocab_size=target.cfg.phoneme_vocab_size, seed=i),
+                            params=SamplingParams(seed=i, **params)) for i in range(args.requests)]
+        tag = args.shape or os.path.splitext(os.path.basename(args.gpt))[0]
+    else:
+        from specdec import demo
+        bundle = demo.load()
+        target, voice = bundle.gpt, bundle.voice(None)
+        default_drafts = ["bundle", f"layerskip:{max(1, target.cfg.n_layer // 2)}", "ngram"]
+        requests = []
+        for i, text in enumerate(bench.BENCH_TEXTS[:args.requests]):
+            phones, _ = bundle.frontend.phones(text, voice.language)
+            requests.append(Request(torch.cat([voice.phones, phones]), voice.tokens,
+                                    params=SamplingParams(seed=i, **params)))
+        tag = "demo"
+    drafts = {}
+    for d in args.draft or default_drafts:
+        if d == "bundle":
+            if bundle is None or bundle.draft is None:
+                raise SpecdecError("--draft bundle needs the demo bundle (--demo)")
+            drafts["demo draft"] = bundle.draft
+        else:
+            drafts[d] = d  # layerskip:N, ngram[:N] or a file: the engine resolves and validates it
     upstream = not args.no_upstream and _upstream_importable()
     n_configs = 1 + len(drafts) * len(ks) + upstream
     console = Console(stderr=True)
@@ -176,11 +200,20 @@ def cmd_bench(args) -> None:
         def step(msg: str) -> None:
             progress.update(task, advance=1, description=msg)
         res = bench.spec_sweep(target, drafts, ks, requests, args.repeats, args.warmup, upstream, step)
+        if bundle is not None:  # end to end: AR against the fastest exact configuration, both streaming
+            from specdec.pipeline import TTS
+            best = max((r for r in res["rows"] if " k=" in r["name"]), key=lambda r: r["speedup_vs_AR"])
+            dname, k = best["name"].rsplit(" k=", 1)
+            configs = {"AR": TTS(target, bundle.decoder, bundle.frontend),
+                       best["name"]: TTS(target, bundle.decoder, bundle.frontend, draft=drafts[dname], k=int(k))}
+            task = progress.add_task("end to end", total=len(configs) * (args.repeats + args.warmup))
+            res["end_to_end"] = bench.end_to_end(configs, voice, bench.BENCH_TEXTS[:args.requests], args.repeats,
+                                                 args.warmup, lambda m: progress.update(task, advance=1, description=m))
     os.makedirs(args.out, exist_ok=True)
-    tag = args.shape or os.path.splitext(os.path.basename(args.gpt))[0]
-    res["source"] = {"shape": args.shape, "gpt": args.gpt, "drafts": list(drafts), "tokens": args.tokens}
+    res["source"] = {"shape": args.shape, "gpt": args.gpt or ("demo" if bundle else None), "drafts": list(drafts),
+                     "tokens": args.tokens}
     bench.write_json(os.path.join(args.out, f"bench_{tag}.json"), res)
-    md = bench.markdown_table(res)
+    md = bench.markdown_table(res) + ("\n" + bench.markdown_e2e(res["end_to_end"]) if "end_to_end" in res else "")
     with open(os.path.join(args.out, f"bench_{tag}.md"), "w") as f:
         f.write(md)
     outdir = os.path.join(args.out, f"bench_{tag}")
@@ -188,7 +221,6 @@ def cmd_bench(args) -> None:
     pngs = bench.plots(res, outdir)
     Console().print(md)
     console.print(f"wrote {os.path.join(args.out, f'bench_{tag}.json')}, .md and {', '.join(pngs)}")
-    del torch
 
 
 def _upstream_importable() -> bool:

@@ -97,7 +97,7 @@ def test_distill_writes_a_draft_the_engine_uses_and_resumes(ckpt, tmp_path):
 @pytest.mark.parametrize("args,needle", [
     (["info", "/nope.ckpt"], "no such file"),
     (["convert", "/nope.ckpt", "-o", "OUT"], "no such file"),
-    (["bench", "--shape", "v2", "--gpt", "x"], "exactly one"),
+    (["bench", "--shape", "v2", "--gpt", "x"], "at most one"),
     (["bench", "--gpt", "G", "--k", "0"], "1..16"),
     (["bench", "--gpt", "G", "--k", "a,b"], "integers"),
     (["frobnicate"], "invalid choice"),
