@@ -70,9 +70,8 @@ def _batch(data, page_size, n_head, head_dim, dtype):
         # prefill: the text prefix may end inside the new tokens (chunked prefill); decode/verify: inside the cache
         prefix_lens.append(data.draw(st.integers(0, ctx + ql if mode == "prefill" else ctx)))
     meta = AttentionMetadata(q_lens, seq_lens, prefix_lens, [t.blocks for t in tables], page_size, DEVICE)
-    T = sum(q_lens)
-    q, k, v = (torch.randn(T, n_head, head_dim, generator=g).to(dtype).to(DEVICE) for _ in range(3))
-    return meta, q, k, v, k_cache, v_cache
+    qkv = torch.randn(sum(q_lens), 3, n_head, head_dim, generator=g).to(dtype).to(DEVICE)
+    return (meta, *qkv.unbind(1), k_cache, v_cache)  # strided views, as the model's fused projection gives
 
 
 def _fp32_copy(cache):
@@ -131,3 +130,35 @@ def test_long_context_uses_every_split(dtype):
     ref = paged_attention_torch(q.float(), _fp32_copy(k_cache), _fp32_copy(v_cache), meta)
     atol, rtol = TOLERANCE[dtype]
     torch.testing.assert_close(out.float(), ref, atol=atol, rtol=rtol)
+
+
+def test_engine_with_triton_attention_gives_the_torch_tokens(monkeypatch):
+    """Prefill, autoregressive decode and speculative verify (layerskip and a small GPT draft) with every attention
+    call on the Triton path, pages and KV splits small enough that contexts cross both: greedy tokens equal
+    torch's."""
+    from specdec.engine import Engine
+    from test_spec import requests, tiny_gpt
+
+    target = tiny_gpt(n_layer=2, d=32, h=2, seed=3, eos_bias=2.0).to(DEVICE)
+    reqs = requests(2, max_new=12)
+    monkeypatch.setenv("SPECDEC_ATTENTION", "torch")
+    ref = Engine(target).generate(reqs)
+    modes = set()
+    real = triton_attention.paged_attention
+
+    def spy(*args):
+        meta = args[-1]
+        ctx = [s - q for q, s in zip(meta.query_lens, meta.seq_lens)]
+        modes.update("prefill" if c == 0 else "decode" if q == 1 else "verify" for q, c in zip(meta.query_lens, ctx))
+        return real(*args)
+
+    monkeypatch.setattr(triton_attention, "paged_attention", spy)
+    monkeypatch.setattr(triton_attention, "TILE_N", 16)
+    monkeypatch.setattr(triton_attention, "KV_SPLIT", 16)
+    monkeypatch.setenv("SPECDEC_ATTENTION", "triton")
+    for draft in (None, "layerskip:1", tiny_gpt(n_layer=1, d=32, h=2, seed=4).to(DEVICE)):
+        modes.clear()
+        outs = Engine(target, draft, k=3, page_size=16).generate(reqs)
+        for o, r in zip(outs, ref):
+            assert torch.equal(o.tokens, r.tokens) and o.finish_reason == r.finish_reason, draft
+        assert modes == ({"prefill", "decode"} | ({"verify"} if draft else set())), draft
