@@ -138,9 +138,13 @@ def ar_vs_upstream(shape: str = "v2", n_tokens: int = 150, repeats: int = 5, war
 
 
 # ---- speculative sweep: every draft kind × k, against the autoregressive path (and upstream) -------------------
+ECO = "eco AR (int8 target, lossy)"
+
+
 def spec_sweep(target, drafts: dict, ks: list[int], requests: list, repeats: int = 3, warmup: int = 1,
-               upstream: bool = False, progress=None) -> dict:
-    """tokens/s and acceptance of specdec AR, upstream (optional) and every (draft, k), interleaved."""
+               upstream: bool = False, eco: bool = False, progress=None) -> dict:
+    """tokens/s and acceptance of specdec AR, upstream (optional), the int8 target alone (`eco`, lossy: its rows
+    carry lossy=True) and every (draft, k), interleaved."""
     from specdec.engine import Engine
     stats: dict[str, list] = {}
 
@@ -155,6 +159,9 @@ def spec_sweep(target, drafts: dict, ks: list[int], requests: list, repeats: int
     for dname, draft in drafts.items():
         for k in ks:
             contenders[f"{dname} k={k}"] = runner(Engine(target, draft, k=k), f"{dname} k={k}")
+    if eco:
+        from specdec.models.int8 import quantize_gpt
+        contenders[ECO] = runner(Engine(quantize_gpt(target)), ECO)
     if upstream:
         from specdec.upstream import upstream_t2s
         up = upstream_t2s(target.cfg, target.state_dict())
@@ -186,7 +193,8 @@ def spec_sweep(target, drafts: dict, ks: list[int], requests: list, repeats: int
             row.update(mean_acceptance_length=merged.mean_acceptance_length,
                        draft_acceptance_rate=merged.draft_acceptance_rate,
                        acceptance_per_position=merged.acceptance_per_position,
-                       target_passes=merged.target_passes, draft_s=merged.draft_s, verify_s=merged.verify_s)
+                       target_passes=merged.target_passes, draft_s=merged.draft_s, verify_s=merged.verify_s,
+                       lossy=merged.lossy)
         rows.append(row)
     return {"machine": machine(), "target": target.cfg.to_dict(), "ks": ks, "drafts": list(drafts),
             "n_requests": len(requests), "rows": rows}
@@ -200,7 +208,7 @@ def markdown_table(res: dict) -> str:
     for r in res["rows"]:
         acc = " ".join(f"{a:.2f}" for a in r.get("acceptance_per_position", []))
         mal = f"{r['mean_acceptance_length']:.2f}" if "mean_acceptance_length" in r and acc else "–"
-        lines.append(f"| {r['name']} | {r['tokens_per_s_median']:.1f} | {r['tokens_per_s_q1']:.1f}–"
+        lines.append(f"| {r['name']}{' **LOSSY**' if r.get('lossy') else ''} | {r['tokens_per_s_median']:.1f} | {r['tokens_per_s_q1']:.1f}–"
                      f"{r['tokens_per_s_q3']:.1f} | {r['speedup_vs_AR']:.2f} | {mal} | {acc or '–'} |")
     return "\n".join(lines) + "\n"
 
@@ -218,6 +226,8 @@ def plots(res: dict, outdir: str) -> list[str]:
         ax.plot(ks, [rows[f"{d} k={k}"]["speedup_vs_AR"] for k in ks], marker="o", label=d)
     if "upstream infer_panel_naive" in rows:
         ax.axhline(rows["upstream infer_panel_naive"]["speedup_vs_AR"], color="grey", ls="--", label="upstream")
+    if ECO in rows:
+        ax.axhline(rows[ECO]["speedup_vs_AR"], color="tab:red", ls=":", label="eco (int8 target, lossy)")
     ax.axhline(1.0, color="black", lw=0.8)
     ax.set(xlabel="draft tokens per round (k)", ylabel="GPT tokens/s ÷ specdec AR", title="Speedup vs k")
     ax.legend()

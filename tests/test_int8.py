@@ -1,5 +1,7 @@
 """int8 weights: close to fp32, each row quantised on its own; int8 drafts keep speculation exact; the eco target is
 labelled lossy and, being one well-defined model, speculation over it reproduces its own autoregressive output."""
+import json
+
 import pytest
 import torch
 
@@ -105,3 +107,17 @@ def test_eco_target_is_labelled_lossy_and_speculation_over_it_is_exact(target):
             assert torch.equal(o.tokens, r.tokens), draft
     with pytest.raises(SpecdecError, match="already quantised"):
         Engine(eco, "int8")
+
+
+def test_bench_times_int8_drafts_and_labels_the_eco_target_lossy(tmp_path):
+    from specdec.models.checkpoint import upstream_checkpoint
+    from test_cli import run
+    ckpt = tmp_path / "tiny.ckpt"
+    torch.save(upstream_checkpoint(tiny_gpt(2, 32, 2)), ckpt)
+    rc, _, err = run("bench", "--gpt", str(ckpt), "--draft", "int8", "--k", "2", "--tokens", "12", "--requests", "1",
+                     "--repeats", "1", "--no-upstream", "--eco", "-o", str(tmp_path))
+    assert rc == 0, err
+    rows = {r["name"]: r for r in json.loads((tmp_path / "bench_tiny.json").read_text())["rows"]}
+    assert set(rows) == {"AR", "int8 k=2", "eco AR (int8 target, lossy)"}
+    assert rows["eco AR (int8 target, lossy)"]["lossy"] and not rows["int8 k=2"]["lossy"]
+    assert "**LOSSY**" in (tmp_path / "bench_tiny.md").read_text()

@@ -93,3 +93,13 @@ def test_wav_written_whole_or_not_at_all(tmp_path):
     with pytest.raises(Exception):
         write_wav(str(tmp_path / "no" / "b.wav"), np.zeros(10, np.float32), 32000)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.wav"]
+
+
+def test_an_int8_gpt_is_labelled_lossy(tts, voice):
+    import dataclasses
+
+    from specdec.models.int8 import quantize_gpt
+    params = SamplingParams(max_new_tokens=20, seed=1)
+    eco = dataclasses.replace(tts, gpt=quantize_gpt(tts.gpt))  # what `specdec synth --mode eco` runs
+    assert synthesize("Hello.", eco, voice, params=params)[1].to_dict()["lossy"]
+    assert not synthesize("Hello.", tts, voice, params=params)[1].to_dict()["lossy"]
