@@ -2,15 +2,18 @@
 
 Kernel: FBGEMM's dynamic int8 GEMM in torch core (`quantized::linear_dynamic`): int8 weights, one symmetric scale
 per output channel, packed once; activations quantised to 7-bit unsigned on the fly (`reduce_range`, so the AVX2
-u8·s8 pair sums cannot saturate int16). On the 2-core CPU the 96 block matmuls of a v2 decode step take ≈ 2.5×
-less time than the exact fp16-weight GEMM and ≈ 3× less than fp32 (bench/int8_costs.py). torchao 0.18, where
-torch's quantisation work now lives, ships no CPU kernels: its int8 configs run eagerly through `torch._int_mm` or
-dequantisation and measured slower than plain fp32 here, so it is not used.
+u8·s8 pair sums cannot saturate int16). bench/int8_costs.py times it against fp32, the exact fp16-weight GEMM and
+torchao: on the shared 2-core Xeon (2026-11-26) a v2 target pass took 0.6× (n=1) and 0.75× (n=5 rows) the time of
+the fp16-weight path. torchao 0.18, where torch's quantisation work now lives, ships no CPU kernels: its int8
+configs run eagerly through `torch._int_mm` or dequantisation and measured slower than plain fp32, so it is not
+used (and not a dependency). torch marks its quantized tensor types deprecated; if a future build drops the op,
+`INT8_GEMM` is False and int8 raises a SpecdecError.
 
 FBGEMM picks one activation scale for the whole input; mixing the rows of several sequences would make one
 sequence's result depend on the others in its batch (and on k). Each row is therefore divided by its own max |x|
 and a fixed anchor row [-1, 1, 0, …] pins the range to [-1, 1]: every row is quantised on its own, so a batch
-gives each sequence what it gets alone and the int8 model is one well-defined distribution.
+gives each sequence what it gets alone and the int8 model is one well-defined distribution. The row scaling costs
+≈ 7 small ops per call (≈ 40 % over one scale per call at n = 1 in the same bench).
 """
 from __future__ import annotations
 
