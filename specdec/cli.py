@@ -17,6 +17,8 @@ EXIT_USER_ERROR = 2
 MODES = {  # presets; explicit options override them
     "quality": dict(draft=None, stream=False),  # the full decoder, offline, no speculation needed
     "fast": dict(draft="default", stream=True),  # speculation + streaming (+ the bundle's fast decoder)
+    # fast + the GPT's block matmuls in int8: LOSSY, tokens follow an approximation of the model (labelled as such)
+    "eco": dict(draft="default", stream=True, quantize=True),
 }
 
 
@@ -24,13 +26,14 @@ def _add_synth(sub) -> None:
     p = sub.add_parser("synth", help="text → speech; prints acceptance statistics",
                        description="Synthesise TEXT. With no model options the bundled demo voice speaks. "
                                    "--mode presets: quality = no speculation, offline decode; fast = the "
-                                   "bundle's draft + streaming decode. Explicit options override a preset.")
+                                   "bundle's draft + streaming decode; eco = fast with an int8 GPT (lossy: the output is labelled so). "
+                                   "Explicit options override a preset.")
     p.add_argument("text")
     p.add_argument("-o", "--out", default="out.wav", help="output wav (written only when synthesis succeeds)")
     p.add_argument("--gpt", help="GPT file (upstream .ckpt or specdec .safetensors)")
     p.add_argument("--sovits", help="SoVITS file (upstream .pth or specdec .safetensors)")
     p.add_argument("--voice", help="voice folder (specdec voice create), or a built-in speaker's name")
-    p.add_argument("--draft", help="GPT file, layerskip:N, ngram or none")
+    p.add_argument("--draft", help="GPT file, layerskip:N, int8[:N] (an int8 copy of the GPT), ngram or none")
     p.add_argument("--k", type=int, default=None, help="drafts per round (default 4)")
     p.add_argument("--adaptive", action="store_true", help="pick k per round from observed acceptance")
     p.add_argument("--top-k", type=int, default=15)
@@ -52,7 +55,7 @@ def _resolve_draft(spec, bundle_draft):
         return bundle_draft
     if spec == "none":
         return None
-    return spec  # a path, layerskip:N or ngram (the engine resolves and validates it)
+    return spec  # a path, layerskip:N, int8[:N] or ngram (the engine resolves and validates it)
 
 
 def cmd_synth(args) -> None:
@@ -69,6 +72,9 @@ def cmd_synth(args) -> None:
     if not os.path.isdir(out_dir):
         raise SpecdecError(f"{args.out}: the folder {out_dir} does not exist")
     gpt, decoder, frontend, voice, bundle_draft = _load_models(args)
+    if preset.get("quantize"):
+        from specdec.models.int8 import quantize_gpt
+        gpt = quantize_gpt(gpt)
     draft = _resolve_draft(args.draft if args.draft is not None else preset["draft"], bundle_draft)
     stream = preset["stream"] if args.stream is None else args.stream
     tts = TTS(gpt, decoder, frontend, draft=draft, k=args.k or 4, adaptive=args.adaptive)
@@ -115,7 +121,7 @@ def _print_synth_table(r: dict) -> None:
     from rich.table import Table
     t = Table(title=f"specdec synth → {r['out']}", show_header=False)
     acc = " ".join(f"{a:.2f}" for a in r["acceptance_per_position"]) or "–"
-    rows = [("voice / mode", f"{r['voice']} / {r['mode']}"),
+    rows = [("voice / mode", f"{r['voice']} / {r['mode']}" + (" (LOSSY: int8 GPT)" if r["lossy"] else "")),
             ("draft", f"{r['draft']}" + (f" (k={r['k']})" if r["k"] else "")),
             ("tokens generated", f"{r['tokens']}"),
             ("target forward passes", f"{r['target_passes']}"),
@@ -141,13 +147,14 @@ def _add_bench(sub) -> None:
     p.add_argument("--demo", action="store_true",
                    help="the bundled demo voice (the default): real sentences, its draft, plus end-to-end figures")
     p.add_argument("--draft", action="append", default=None,
-                   help="draft to sweep: a GPT/EAGLE file, layerskip:N, ngram or bundle (repeatable)")
+                   help="draft to sweep: a GPT/EAGLE file, layerskip:N, int8[:N], ngram or bundle (repeatable)")
     p.add_argument("--k", default="2,4,6,8", help="comma-separated draft lengths to sweep")
     p.add_argument("--tokens", type=int, default=150, help="max new tokens per request")
     p.add_argument("--requests", type=int, default=2, help="requests in the fixed set")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--no-upstream", action="store_true", help="skip upstream infer_panel_naive")
+    p.add_argument("--eco", action="store_true", help="also time the int8 target alone (eco mode, lossy)")
     p.add_argument("-o", "--out", default="bench/results", help="folder for JSON, Markdown and PNG plots")
     p.set_defaults(func=cmd_bench)
 
@@ -168,7 +175,7 @@ def cmd_bench(args) -> None:
     bundle = None
     if args.shape or args.gpt:
         target = bench.random_target(args.shape) if args.shape else load_gpt(args.gpt)
-        default_drafts = ["layerskip:4", "layerskip:8", "ngram"] if args.shape else ["ngram"]
+        default_drafts = ["layerskip:4", "layerskip:8", "int8", "ngram"] if args.shape else ["ngram"]
         requests = [Request(*bench.fixed_request(phoneme_vocab_size=target.cfg.phoneme_vocab_size, seed=i),
                             params=SamplingParams(seed=i, **params)) for i in range(args.requests)]
         tag = args.shape or os.path.splitext(os.path.basename(args.gpt))[0]
@@ -176,7 +183,7 @@ def cmd_bench(args) -> None:
         from specdec import demo
         bundle = demo.load()
         target, voice = bundle.gpt, bundle.voice(None)
-        default_drafts = ["bundle", f"layerskip:{max(1, target.cfg.n_layer // 2)}", "ngram"]
+        default_drafts = ["bundle", f"layerskip:{max(1, target.cfg.n_layer // 2)}", "int8", "ngram"]
         requests = []
         for i, text in enumerate(bench.BENCH_TEXTS[:args.requests]):
             phones, _ = bundle.frontend.phones(text, voice.language)
@@ -192,14 +199,14 @@ def cmd_bench(args) -> None:
         else:
             drafts[d] = d  # layerskip:N, ngram[:N] or a file: the engine resolves and validates it
     upstream = not args.no_upstream and _upstream_importable()
-    n_configs = 1 + len(drafts) * len(ks) + upstream
+    n_configs = 1 + len(drafts) * len(ks) + upstream + args.eco
     console = Console(stderr=True)
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task("bench", total=n_configs * (args.repeats + args.warmup))
 
         def step(msg: str) -> None:
             progress.update(task, advance=1, description=msg)
-        res = bench.spec_sweep(target, drafts, ks, requests, args.repeats, args.warmup, upstream, step)
+        res = bench.spec_sweep(target, drafts, ks, requests, args.repeats, args.warmup, upstream, args.eco, step)
         if bundle is not None:  # end to end: AR against the fastest exact configuration, both streaming
             from specdec.pipeline import TTS
             best = max((r for r in res["rows"] if " k=" in r["name"]), key=lambda r: r["speedup_vs_AR"])

@@ -109,3 +109,13 @@ def test_end_to_end_bench_reports_every_stage(tts, voice):
     assert rows["AR"]["mean_acceptance_length"] is None
     assert 1.0 <= rows["layerskip:1 k=3"]["mean_acceptance_length"] <= 4.0
     assert "| layerskip:1 k=3 |" in bench.markdown_e2e(res)
+
+
+def test_an_int8_gpt_is_labelled_lossy(tts, voice):
+    import dataclasses
+
+    from specdec.models.int8 import quantize_gpt
+    params = SamplingParams(max_new_tokens=20, seed=1)
+    eco = dataclasses.replace(tts, gpt=quantize_gpt(tts.gpt))  # what `specdec synth --mode eco` runs
+    assert synthesize("Hello.", eco, voice, params=params)[1].to_dict()["lossy"]
+    assert not synthesize("Hello.", tts, voice, params=params)[1].to_dict()["lossy"]
