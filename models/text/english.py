@@ -19,6 +19,7 @@ import tempfile
 import unicodedata
 import zipfile
 
+from specdec.errors import SpecdecError
 from specdec.models.text.symbols import SYMBOL_TO_ID
 
 # upstream's own dictionary patches: added words and badly read abbreviations it removes
@@ -145,11 +146,15 @@ def _nltk_data_dir() -> str:
             if pieces:  # "word(2) PH ONES" → "word 2 PH ONES"
                 word, variant = re.fullmatch(r"(.+?)(?:\((\d+)\))?", pieces[0]).groups()
                 lines.append(f"{word} {variant or 1} {' '.join(pieces[1:])}")
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".zip")
-        with os.fdopen(fd, "wb") as f, zipfile.ZipFile(f, "w", zipfile.ZIP_DEFLATED) as z:
-            z.writestr("cmudict/cmudict", "\n".join(lines) + "\n")
-        os.replace(tmp, path)  # atomic: concurrent first runs each write a whole file
+        try:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".zip")
+            with os.fdopen(fd, "wb") as f, zipfile.ZipFile(f, "w", zipfile.ZIP_DEFLATED) as z:
+                z.writestr("cmudict/cmudict", "\n".join(lines) + "\n")
+            os.replace(tmp, path)  # atomic: concurrent first runs each write a whole file
+        except OSError as e:
+            raise SpecdecError(f"cannot write the CMUdict cache {path} ({e.strerror}): "
+                               "point XDG_CACHE_HOME to a writable folder") from None
     return root
 
 
@@ -167,7 +172,7 @@ def _g2p_en():
         nltk.download = download
     g2p = G2p()
     for word in REMOVED_WORDS:
-        del g2p.cmu[word]
+        g2p.cmu.pop(word, None)
     g2p.cmu.update({w: [p.split()] for w, p in HOT_WORDS.items()})
     g2p.homograph2features.update({w: (a.split(), b.split(), pos) for w, (a, b, pos) in HOMOGRAPH_FIXES.items()})
     return g2p
