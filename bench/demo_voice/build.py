@@ -1,0 +1,73 @@
+"""Rebuild the demo voice from scratch: corpus → tokenizer → target GPT → draft → bundle (models/demo/).
+
+    python bench/demo_voice/build.py corpus   [--data /work/data/demo]
+    python bench/demo_voice/build.py tokens
+    python bench/demo_voice/build.py gpt      [--minutes 40]
+    python bench/demo_voice/build.py draft    [--steps N]
+    python bench/demo_voice/build.py bundle   [--out models/demo]
+
+Every step is resumable (re-run it after an interruption) and shows a rich progress bar; each writes under --data.
+Run with OMP_NUM_THREADS=1 on a shared machine.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+console = Console(stderr=True)
+
+
+def _progress() -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    TimeRemainingColumn(), console=console)
+
+
+def step_corpus(args) -> None:
+    from specdec import corpus
+    with _progress() as p:
+        task = p.add_task("corpus", total=args.sentences)
+        clips = corpus.build(args.data, n_sentences=args.sentences, n_test=args.test,
+                             progress=lambda i, n: p.update(task, completed=i))
+    hours = sum(c.seconds for c in clips) / 3600
+    n_test = sum(c.split == "test" for c in clips)
+    console.print(f"corpus: {len(clips)} clips, {hours:.2f} h, {n_test} held out → {args.data}/manifest.jsonl")
+
+
+def step_tokens(args) -> None:
+    """Fit the tokenizer on the training clips and tokenize every clip → tokenizer.safetensors, tokens.safetensors."""
+    from specdec import voicebuild
+    clips = _clips(args)
+    with _progress() as p:
+        task = p.add_task("features", total=len(clips))
+        tok, stats, tokens = voicebuild.tokenize_corpus(args.data, clips, args.n_tokens,
+                                                        progress=lambda i, n: p.update(task, completed=i))
+    console.print(f"tokens: K={args.n_tokens}, {sum(t.numel() for t in tokens.values())} tokens "
+                  f"→ {args.data}/tokens.safetensors; " + voicebuild.token_report(tokens))
+
+
+def _clips(args):
+    from specdec import corpus
+    return corpus.read_manifest(os.path.join(args.data, "manifest.jsonl"))
+
+
+STEPS = {"corpus": step_corpus, "tokens": step_tokens}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("step", choices=list(STEPS))
+    ap.add_argument("--data", default="/work/data/demo", help="working folder (corpus, tokens, checkpoints)")
+    ap.add_argument("--sentences", type=int, default=6000)
+    ap.add_argument("--test", type=int, default=60, help="held-out sentences (never trained on)")
+    ap.add_argument("--n-tokens", type=int, default=128, help="tokenizer codebook size")
+    args = ap.parse_args(argv)
+    STEPS[args.step](args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,71 @@
+"""The demo voice recipe's glue: corpus → tokens → training examples → voices → the shipped bundle.
+
+Each function reads and writes plain files under the data folder, so every step of bench/demo_voice/build.py
+(and the tiny end-to-end test) can resume or be re-run on its own.
+"""
+from __future__ import annotations
+
+import math
+import os
+from collections import Counter, defaultdict
+
+import soundfile as sf
+import torch
+
+from specdec.corpus import Clip
+from specdec.models.tokenizer import SpeakerStats, Tokenizer, TokenizerConfig, fit, load_tokenizer, save_tokenizer
+
+
+def read_clip(data_dir: str, clip: Clip) -> torch.Tensor:
+    wav, _ = sf.read(os.path.join(data_dir, clip.wav), dtype="float32")
+    return torch.from_numpy(wav)
+
+
+def tokenize_corpus(data_dir: str, clips: list[Clip], n_tokens: int, progress=None, max_frames: int = 200_000):
+    """Fit the tokenizer on the training clips (per-speaker stats included) and tokenize every clip.
+    Writes tokenizer.safetensors and tokens.safetensors ({clip id: int16 [T]}) in data_dir."""
+    from safetensors.torch import save_file
+    tok = Tokenizer(TokenizerConfig(n_tokens=n_tokens))
+    feats = {}
+    for i, c in enumerate(clips):
+        feats[c.id] = tok.features(read_clip(data_dir, c))
+        if progress:
+            progress(i + 1, len(clips))
+    by_speaker = defaultdict(list)
+    for c in clips:
+        if c.split == "train":
+            by_speaker[c.speaker].append(feats[c.id])
+    stats = fit(tok, dict(by_speaker), max_frames=max_frames)
+    tokens = {c.id: tok.quantize(feats[c.id], stats[c.speaker]) for c in clips}
+    save_tokenizer(tok, os.path.join(data_dir, "tokenizer.safetensors"), stats)
+    path = os.path.join(data_dir, "tokens.safetensors")
+    save_file({k: v.to(torch.int16) for k, v in tokens.items()}, path + ".tmp", metadata={"n_tokens": str(n_tokens)})
+    os.replace(path + ".tmp", path)
+    return tok, stats, tokens
+
+
+def load_tokens(data_dir: str) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+    return {k: v.long() for k, v in load_file(os.path.join(data_dir, "tokens.safetensors")).items()}
+
+
+def load_corpus_tokenizer(data_dir: str) -> tuple[Tokenizer, dict[str, SpeakerStats]]:
+    return load_tokenizer(os.path.join(data_dir, "tokenizer.safetensors"))
+
+
+def token_report(tokens: dict[str, torch.Tensor]) -> str:
+    """Unigram entropy, bigram conditional entropy and repeat rate (bits; a cheap proxy for predictability)."""
+    uni, bi, prev, rep, n = Counter(), Counter(), Counter(), 0, 0
+    for t in tokens.values():
+        t = t.tolist()
+        uni.update(t)
+        for a, b in zip(t, t[1:]):
+            bi[a, b] += 1
+            prev[a] += 1
+            rep += a == b
+            n += 1
+
+    def h(c):
+        tot = sum(c.values())
+        return -sum(v / tot * math.log2(v / tot) for v in c.values())
+    return f"H1 {h(uni):.2f} bits, H(t|t-1) {h(bi) - h(prev):.2f} bits, repeats {rep / max(n, 1):.2f}"
