@@ -84,6 +84,7 @@ def test_frontend_ids_and_mixed_text():
     symbols = [SYMBOLS_V2[i] for i in ids]
     assert symbols[:6] == ["w", "o2", "x", "i3", "h", "uan5"] and "AY1" in symbols and symbols[-1] == "."
     assert f.symbols("好", "zh") == [".", "h", "ao3"]  # under 6 phones: upstream reads "." + text
+    assert f.symbols("中華民國，ＡＢＣ。", "auto") == f.symbols("中华民国，ABC。", "auto")  # traditional, full-width
 
 
 @pytest.mark.parametrize("text", ["こんにちは", "안녕하세요", "?!。", "瓧"])

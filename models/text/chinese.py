@@ -154,13 +154,13 @@ SYMBOL_WORDS = {**dict(zip("①②③④⑤⑥⑦⑧⑨⑩", "一二三四五六
 PUNCT_MAP = {"：": ",", "；": ",", "，": ",", "。": ".", "！": "!", "？": "?", "\n": ".", "·": ",", "、": ",",
              "...": "…", "$": ".", "/": ",", "—": "-", "~": "…", "～": "…"}
 _PUNCT_MAP = re.compile("|".join(re.escape(k) for k in PUNCT_MAP))
-_TO_SIMPLIFIED = str.maketrans(TRADITIONAL, SIMPLIFIED)
-_FULL_WIDTH = {0xFF10 + i: ord("0") + i for i in range(10)} | {0xFF21 + i: ord("A") + i for i in range(26)} | \
+TO_SIMPLIFIED = str.maketrans(TRADITIONAL, SIMPLIFIED)
+FULL_WIDTH = {0xFF10 + i: ord("0") + i for i in range(10)} | {0xFF21 + i: ord("A") + i for i in range(26)} | \
               {0xFF41 + i: ord("a") + i for i in range(26)} | {0x3000: ord(" ")}
 
 
 def _normalize_sentence(s: str) -> str:
-    s = s.translate(_TO_SIMPLIFIED).translate(_FULL_WIDTH)
+    s = s.translate(TO_SIMPLIFIED).translate(FULL_WIDTH)
     for pattern, replace in _RULES:
         s = pattern.sub(replace, s)
     for unit, word in MEASURES.items():

@@ -19,7 +19,6 @@ from specdec.errors import SpecdecError
 from specdec.models.text import chinese, english
 from specdec.models.text.split import METHODS, split_text
 from specdec.models.text.symbols import PUNCTUATION, SILENCES, SYMBOL_TO_ID
-from specdec.models.text.zh_words import SIMPLIFIED, TRADITIONAL
 
 LANGUAGES = ("en", "zh", "auto")
 MIN_PHONES = 6  # upstream re-reads shorter texts once with a leading "."
@@ -29,9 +28,8 @@ _HAN = re.compile(r"[\u4e00-\u9fa5]")  # what upstream's Mandarin normaliser kee
 
 
 def _readable_zh(c: str) -> bool:
-    return bool(c.isascii() or _HAN.match(c) or c in chinese.SYMBOL_WORDS or
-                (c in TRADITIONAL and _HAN.match(SIMPLIFIED[TRADITIONAL.index(c)])) or
-                c.translate(chinese._FULL_WIDTH).isascii())
+    return bool(c.isascii() or c in chinese.SYMBOL_WORDS or _HAN.match(c.translate(chinese.TO_SIMPLIFIED)) or
+                c.translate(chinese.FULL_WIDTH).isascii())
 
 
 def _check_letters(text: str, language: str) -> None:
@@ -103,7 +101,7 @@ class Frontend:
         if language == "en":
             return [("en", english.g2p(english.normalize(text)), None)]
         chunks = []
-        for i, part in enumerate(_LATIN_RUN.split(text)):  # odd parts are Latin-letter runs
+        for i, part in enumerate(_LATIN_RUN.split(text.translate(chinese.FULL_WIDTH))):  # odd parts: Latin runs
             if not part.strip():
                 continue
             if i % 2:
