@@ -44,6 +44,17 @@ def tokenize_corpus(data_dir: str, clips: list[Clip], n_tokens: int, progress=No
     return tok, stats, tokens
 
 
+def utterances(data_dir: str, clips: list[Clip], frontend) -> tuple[list, list]:
+    """(train, test) Utterances: v2 phones of each clip's text (the project's front-end) and its tokens."""
+    from specdec.gpt_train import Utterance
+    tokens = load_tokens(data_dir)
+    out = {"train": [], "test": []}
+    for c in clips:
+        phones, _ = frontend.phones(c.text, "en")
+        out[c.split].append(Utterance(c.id, c.speaker, phones, tokens[c.id]))
+    return out["train"], out["test"]
+
+
 def load_tokens(data_dir: str) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
     return {k: v.long() for k, v in load_file(os.path.join(data_dir, "tokens.safetensors")).items()}

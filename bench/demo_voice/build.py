@@ -54,7 +54,47 @@ def _clips(args):
     return corpus.read_manifest(os.path.join(args.data, "manifest.jsonl"))
 
 
-STEPS = {"corpus": step_corpus, "tokens": step_tokens}
+def _utterances(args):
+    from specdec import voicebuild
+    from specdec.models.text import Frontend
+    with console.status("phones (v2 front-end)"):
+        return voicebuild.utterances(args.data, _clips(args), Frontend("v2"))
+
+
+def gpt_config(args):
+    from specdec.models.gpt import GPTConfig
+    return GPTConfig(n_layer=args.layers, d_model=args.width, n_head=args.width // 64, vocab_size=args.n_tokens + 1,
+                     phoneme_vocab_size=732)
+
+
+def step_gpt(args) -> None:
+    """Train the target GPT (resumable from --data/ckpt); writes --data/gpt.safetensors (fp32) and gpt_history.json."""
+    import json
+
+    import torch
+
+    from specdec.gpt_train import GPTTrainConfig, held_out_pairs, train_gpt
+    from specdec.models.checkpoint import save_gpt
+    torch.set_num_threads(1)  # a shared machine: one core each
+    train, test = _utterances(args)
+    cfg = GPTTrainConfig(steps=10**9, budget_s=args.minutes * 60, batch_tokens=args.batch_tokens, eval_every=50)
+    with _progress() as p:
+        task = p.add_task("gpt", total=1000)
+
+        def progress(frac, loss):
+            p.update(task, completed=int(1000 * frac), description=f"gpt loss {loss:.3f}")
+
+        def log(row):
+            console.print(f"step {row['step']} ({row['seconds']:.0f} s): train {row['train_loss']:.3f}, "
+                          f"held-out {row['loss']:.3f} nats, top-1 {row['acc']:.3f}")
+        model, st = train_gpt(gpt_config(args), train, held_out_pairs(test, train), os.path.join(args.data, "ckpt"),
+                              cfg, progress, log)
+    save_gpt(model, os.path.join(args.data, "gpt.safetensors"))
+    with open(os.path.join(args.data, "gpt_history.json"), "w") as f:
+        json.dump(st.history, f, indent=1)
+
+
+STEPS = {"corpus": step_corpus, "tokens": step_tokens, "gpt": step_gpt}
 
 
 def main(argv=None) -> int:
@@ -64,6 +104,10 @@ def main(argv=None) -> int:
     ap.add_argument("--sentences", type=int, default=6000)
     ap.add_argument("--test", type=int, default=60, help="held-out sentences (never trained on)")
     ap.add_argument("--n-tokens", type=int, default=128, help="tokenizer codebook size")
+    ap.add_argument("--layers", type=int, default=6)
+    ap.add_argument("--width", type=int, default=256)
+    ap.add_argument("--minutes", type=float, default=45, help="GPT training budget (CPU seconds of its own steps)")
+    ap.add_argument("--batch-tokens", type=int, default=4000)
     args = ap.parse_args(argv)
     STEPS[args.step](args)
     return 0
