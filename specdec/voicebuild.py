@@ -80,3 +80,39 @@ def token_report(tokens: dict[str, torch.Tensor]) -> str:
         tot = sum(c.values())
         return -sum(v / tot * math.log2(v / tot) for v in c.values())
     return f"H1 {h(uni):.2f} bits, H(t|t-1) {h(bi) - h(prev):.2f} bits, repeats {rep / max(n, 1):.2f}"
+
+
+def pair_examples(train: list, test: list, seed: int = 0) -> tuple[list, list]:
+    """Draft-training sequences in the inference layout: each training sentence prompted by a random other sentence
+    of its speaker; held out: each test sentence prompted as in `gpt_train.held_out_pairs`."""
+    import random
+
+    from specdec.eagle_train import Example
+    from specdec.gpt_train import held_out_pairs, pair
+    rng = random.Random(seed)
+    by_speaker = defaultdict(list)
+    for u in train:
+        by_speaker[u.speaker].append(u)
+    tr = [pair(rng.choice(by_speaker[u.speaker]), u) for u in train]
+    return ([Example(e.phones, e.tokens) for e in tr],
+            [Example(e.phones, e.tokens) for e in held_out_pairs(test, train)])
+
+
+def reference_clips(clips: list[Clip], speakers: list[str], min_s: float = 3.0, max_s: float = 6.0) -> dict[str, Clip]:
+    """Per speaker, the first training clip of min_s..max_s seconds: the built-in voice's reference."""
+    out = {}
+    for c in clips:
+        if c.split == "train" and c.speaker in speakers and c.speaker not in out and min_s <= c.seconds <= max_s:
+            out[c.speaker] = c
+    return out
+
+
+def make_voice(data_dir: str, clip: Clip, tokens: torch.Tensor, frontend) -> "Voice":
+    """A built-in voice: the reference transcript's phones, the clip's tokens (the GPT prompt) and the fast
+    decoder's conditioning (the clip's log-mel statistics)."""
+    from specdec.models.fast_decoder import SAMPLE_RATE, reference_stats
+    from specdec.voices import Voice
+    phones, _ = frontend.phones(clip.text, "en")
+    cond = {"ref_mel_stats": reference_stats(read_clip(data_dir, clip), SAMPLE_RATE)}
+    return Voice(clip.speaker, clip.text, "en", frontend.symbol_version, phones, tokens, None, cond,
+                 {"source": clip.id, "decoder": "fast", "tokenizer": "kmeans-logmel-25hz"})

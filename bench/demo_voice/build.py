@@ -94,7 +94,20 @@ def step_gpt(args) -> None:
         json.dump(st.history, f, indent=1)
 
 
-STEPS = {"corpus": step_corpus, "tokens": step_tokens, "gpt": step_gpt}
+def step_draft(args) -> None:
+    """Distil the EAGLE draft with `specdec distill` on same-speaker pairs (the inference layout)."""
+    from specdec import voicebuild
+    from specdec.cli import main as cli
+    from specdec.eagle_train import save_examples
+    train, test = _utterances(args)
+    examples = os.path.join(args.data, "examples.safetensors")
+    save_examples(examples, *voicebuild.pair_examples(train, test))
+    cli(["distill", os.path.join(args.data, "gpt.safetensors"), "--examples", examples, "-o",
+         os.path.join(args.data, "draft.safetensors"), "--work", os.path.join(args.data, "ckpt", "draft"),
+         "--layers", str(args.draft_layers), "--steps", str(args.draft_steps), "--dtype", "float32"])
+
+
+STEPS = {"corpus": step_corpus, "tokens": step_tokens, "gpt": step_gpt, "draft": step_draft}
 
 
 def main(argv=None) -> int:
@@ -108,6 +121,8 @@ def main(argv=None) -> int:
     ap.add_argument("--width", type=int, default=256)
     ap.add_argument("--minutes", type=float, default=45, help="GPT training budget (CPU seconds of its own steps)")
     ap.add_argument("--batch-tokens", type=int, default=4000)
+    ap.add_argument("--draft-layers", type=int, default=1)
+    ap.add_argument("--draft-steps", type=int, default=300)
     args = ap.parse_args(argv)
     STEPS[args.step](args)
     return 0
