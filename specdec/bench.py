@@ -67,7 +67,8 @@ def machine() -> dict:
     return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "torch": torch.__version__, "python": platform.python_version(),
             "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "load_avg_1min": os.getloadavg()[0]}  # > cores: other work shared the CPU (ratios still hold, interleaved)
 
 
 def write_json(path: str, payload: dict) -> None:
@@ -140,7 +141,6 @@ def ar_vs_upstream(shape: str = "v2", n_tokens: int = 150, repeats: int = 5, war
 def spec_sweep(target, drafts: dict, ks: list[int], requests: list, repeats: int = 3, warmup: int = 1,
                upstream: bool = False, progress=None) -> dict:
     """tokens/s and acceptance of specdec AR, upstream (optional) and every (draft, k), interleaved."""
-    import specdec
     from specdec.engine import Engine
     stats: dict[str, list] = {}
 

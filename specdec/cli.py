@@ -201,26 +201,61 @@ def _upstream_importable() -> bool:
 
 
 def _add_convert(sub) -> None:
-    p = sub.add_parser("convert", help="upstream GPT .ckpt → specdec .safetensors (weights + config)")
+    p = sub.add_parser("convert", help="upstream GPT .ckpt or SoVITS .pth → specdec .safetensors (weights + config)")
     p.add_argument("src")
     p.add_argument("-o", "--out", required=True)
     p.add_argument("--dtype", choices=["float32", "float16"], default="float16",
-                   help="storage dtype (upstream checkpoints are fp16: converting to fp16 loses nothing)")
+                   help="storage dtype (upstream GPT checkpoints are fp16: converting to fp16 loses nothing)")
     p.set_defaults(func=cmd_convert)
+
+
+def _load_model_file(path: str):
+    """("gpt" | "sovits", model) for any checkpoint the project reads, told apart by content, not by name."""
+    from specdec.models import weights
+    from specdec.models.checkpoint import FORMAT_TAG as GPT_TAG
+    from specdec.models.checkpoint import load_gpt
+    from specdec.models.sovits_checkpoint import FORMAT_TAG as SOVITS_TAG
+    from specdec.models.sovits_checkpoint import load_sovits
+    weights.check_file(path, "checkpoint")
+    if weights.is_safetensors(path):
+        tag = weights.format_of(path)
+        if tag == SOVITS_TAG:
+            return "sovits", load_sovits(path)
+        if tag != GPT_TAG:
+            raise SpecdecError(f"{path}: a safetensors file but not a specdec GPT or SoVITS model (format {tag!r})")
+        return "gpt", load_gpt(path)
+    return ("sovits", load_sovits(path)) if _looks_like_sovits_pickle(path) else ("gpt", load_gpt(path))
+
+
+def _looks_like_sovits_pickle(path: str) -> bool:
+    """Sniffed without unpickling: SoVITS files carry a 2-byte version tag instead of the zip magic, or their pickle
+    names `enc_p.` weights. Anything unreadable goes to the GPT loader, whose errors say what is wrong."""
+    import zipfile
+    with open(path, "rb") as f:
+        if f.read(2) != b"PK":
+            return True
+    try:
+        with zipfile.ZipFile(path) as z:
+            pkl = next((n for n in z.namelist() if n.endswith("data.pkl")), None)
+            return pkl is not None and b"enc_p." in z.read(pkl)
+    except (zipfile.BadZipFile, OSError):
+        return False
 
 
 def cmd_convert(args) -> None:
     import torch
 
-    from specdec.models.checkpoint import load_gpt, save_gpt
-    gpt = load_gpt(args.src)
+    from specdec.models.checkpoint import save_gpt
+    from specdec.models.sovits_checkpoint import save_sovits
+    kind, model = _load_model_file(args.src)
     dtype = getattr(torch, args.dtype)
-    lossy = any(not torch.equal(p.to(dtype).float(), p) for p in gpt.state_dict().values())
+    lossy = any(p.is_floating_point() and not torch.equal(p.to(dtype).float(), p.float())
+                for p in model.state_dict().values())
     if lossy:
         print(f"note: {args.src} holds weights that {args.dtype} rounds; use --dtype float32 to keep them exactly",
               file=sys.stderr)
-    save_gpt(gpt, args.out, dtype=dtype)
-    print(f"wrote {args.out}")
+    (save_gpt if kind == "gpt" else save_sovits)(model, args.out, dtype=dtype)
+    print(f"wrote {args.out} ({kind})")
 
 
 def _add_distill(sub) -> None:
@@ -279,13 +314,19 @@ def _add_info(sub) -> None:
 
 
 def cmd_info(args) -> None:
-    from specdec.models.checkpoint import load_gpt
-    gpt = load_gpt(args.file)
-    c = gpt.cfg
-    n_params = sum(p.numel() for p in gpt.parameters())
-    info = {"file": args.file, "kind": "GPT (text-to-semantic)", **c.to_dict(), "parameters": n_params,
-            "symbol_set": {512: "v1 (322 symbols)", 732: "v2 (732 symbols)"}.get(c.phoneme_vocab_size, "custom"),
-            "fp16_exact": all(bool((p.half().float() == p).all()) for p in gpt.parameters())}
+    kind, model = _load_model_file(args.file)
+    c = model.cfg
+    n_params = sum(p.numel() for p in model.parameters())
+    fp16_exact = all(bool((p.half().float() == p).all()) for p in model.parameters())
+    if kind == "gpt":
+        info = {"file": args.file, "kind": "GPT (text-to-semantic)", **c.to_dict(), "parameters": n_params,
+                "symbol_set": {512: "v1 (322 symbols)", 732: "v2 (732 symbols)"}.get(c.phoneme_vocab_size, "custom"),
+                "fp16_exact": fp16_exact}
+    else:
+        info = {"file": args.file, "kind": "SoVITS (semantic tokens → waveform)", "version": c.version,
+                "symbol_set": f"{c.symbol_version} ({c.n_symbols} symbols)", "sample_rate": c.sampling_rate,
+                "hidden_channels": c.hidden_channels, "upsample_rates": list(c.upsample_rates),
+                "parameters": n_params, "fp16_exact": fp16_exact}
     if args.json:
         print(json.dumps(info))
         return

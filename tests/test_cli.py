@@ -53,6 +53,24 @@ def test_bench_writes_json_markdown_and_plots(ckpt, tmp_path):
     assert sorted(os.listdir(tmp_path / "bench_tiny")) == ["acceptance_per_position.png", "speedup_vs_k.png"]
 
 
+def test_sovits_info_and_convert(tmp_path):
+    """An upstream v2 .pth (random weights, upstream's own saver) → info → specdec safetensors → same weights."""
+    from sovits_oracle import oracle_case
+
+    from specdec.models.sovits_checkpoint import load_sovits
+    pth = oracle_case("v2").path
+    rc, out, err = run("info", pth, "--json")
+    info = json.loads(out)
+    assert rc == 0 and info["version"] == "v2" and info["symbol_set"].startswith("v2"), err
+    dst = tmp_path / "s.safetensors"
+    rc, out, err = run("convert", pth, "-o", str(dst), "--dtype", "float32")
+    assert rc == 0 and "sovits" in out, err
+    a, b = load_sovits(pth).state_dict(), load_sovits(str(dst)).state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    rc, out, _ = run("info", str(dst), "--json")
+    assert rc == 0 and json.loads(out)["parameters"] == info["parameters"]
+
+
 @pytest.mark.parametrize("args,needle", [
     (["info", "/nope.ckpt"], "no such file"),
     (["convert", "/nope.ckpt", "-o", "OUT"], "no such file"),
