@@ -1,4 +1,4 @@
-"""`specdec` command line: synth, bench, convert, distill, info, voice create.
+"""`specdec` command line: synth, bench, convert, info, voice create.
 
 Every user error is one line on stderr and a non-zero exit; `--debug` shows the traceback instead.
 """
@@ -258,54 +258,6 @@ def cmd_convert(args) -> None:
     print(f"wrote {args.out} ({kind})")
 
 
-def _add_distill(sub) -> None:
-    p = sub.add_parser("distill", help="train an EAGLE draft for a target GPT (KL to its warped distribution)",
-                       description="Train (or resume) a feature-level EAGLE draft for GPT on the sequences in "
-                                   "EXAMPLES (specdec.eagle_train.save_examples), against the target's "
-                                   "distribution at the given sampling settings. Prints held-out acceptance.")
-    p.add_argument("gpt", help="target GPT file (upstream .ckpt or specdec .safetensors)")
-    p.add_argument("--examples", required=True, help="safetensors of train/test (phones, tokens) sequences")
-    p.add_argument("-o", "--out", required=True, help="draft .safetensors to write")
-    p.add_argument("--work", default=None, help="checkpoint folder (default: OUT.work); re-running resumes")
-    p.add_argument("--layers", type=int, default=1, help="draft transformer blocks")
-    p.add_argument("--steps", type=int, default=2000)
-    p.add_argument("--batch-tokens", type=int, default=4000)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--top-k", type=int, default=15)
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--repetition-penalty", type=float, default=1.35)
-    p.add_argument("--dtype", choices=["float32", "float16"], default="float16", help="storage dtype of OUT")
-    p.set_defaults(func=cmd_distill)
-
-
-def cmd_distill(args) -> None:
-    import torch
-    from rich.console import Console
-    from rich.progress import Progress
-
-    from specdec.eagle_train import EagleTrainConfig, load_examples, train_eagle
-    from specdec.models.checkpoint import load_gpt
-    from specdec.sampling import SamplingParams
-    if args.layers < 1 or args.steps < 1:
-        raise SpecdecError("--layers and --steps must be at least 1")
-    target = load_gpt(args.gpt)
-    train, held_out = load_examples(args.examples)
-    params = SamplingParams(top_k=args.top_k, top_p=args.top_p, temperature=args.temperature,
-                            repetition_penalty=args.repetition_penalty)
-    cfg = EagleTrainConfig(n_layer=args.layers, steps=args.steps, batch_tokens=args.batch_tokens, lr=args.lr)
-    console = Console(stderr=True)
-    with Progress(console=console) as progress:
-        task = progress.add_task("distill", total=args.steps)
-        report = train_eagle(target, train, held_out, args.out, args.work or args.out + ".work", cfg, params,
-                             lambda step, total, loss: progress.update(task, completed=step,
-                                                                       description=f"distill KL {loss:.3f}"),
-                             dtype=getattr(torch, args.dtype))
-    b, a = report["alpha_before"], report["alpha_after"]
-    console.print(f"wrote {args.out}: held-out acceptance α (draft step 1 / 2) {b[0]:.3f}/{b[1]:.3f} → "
-                  f"{a[0]:.3f}/{a[1]:.3f} after {report['steps']} steps")
-
-
 def _add_info(sub) -> None:
     p = sub.add_parser("info", help="what a checkpoint holds: kind, version, shapes, symbol set")
     p.add_argument("file")
@@ -392,7 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap = _Parser(prog="specdec", description="Exact speculative decoding for GPT-SoVITS.")
     ap.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = ap.add_subparsers(dest="command", required=True)
-    for add in (_add_synth, _add_bench, _add_convert, _add_distill, _add_info, _add_voice):
+    for add in (_add_synth, _add_bench, _add_convert, _add_info, _add_voice):
         add(sub)
     return ap
 

@@ -125,9 +125,8 @@ def _batches(examples: list[Example], batch_tokens: int, rng: random.Random):
 
 def train_eagle(target: GPT, train: list[Example], held_out: list[Example], out_path: str, work_dir: str,
                 cfg: EagleTrainConfig = EagleTrainConfig(), params: SamplingParams = SamplingParams(),
-                progress=None, dtype: torch.dtype | None = None) -> dict:
-    """Train (or resume) an EAGLE draft for `target`; writes `out_path` (safetensors, stored as `dtype`) and returns
-    a report."""
+                progress=None) -> dict:
+    """Train (or resume) an EAGLE draft for `target`; writes `out_path` (safetensors) and returns a report."""
     torch.manual_seed(cfg.seed)
     target.eval().requires_grad_(False)
     c = target.cfg
@@ -170,37 +169,6 @@ def train_eagle(target: GPT, train: list[Example], held_out: list[Example], out_
             os.replace(ckpt_path + ".tmp", ckpt_path)
     after = acceptance(target, draft, held_out, params)
     history.append({"step": step, "alpha": list(after)})
-    save_eagle(draft.eval(), out_path, c, dtype)
+    save_eagle(draft.eval(), out_path, c)
     return {"alpha_before": before, "alpha_after": after, "steps": step, "seconds": time.perf_counter() - t0,
             "history": history}
-
-
-def save_examples(path: str, train: list[Example], held_out: list[Example]) -> None:
-    """Training sequences for `specdec distill`: safetensors {split.i.phones, split.i.tokens} (int32)."""
-    from safetensors.torch import save_file
-    tensors = {}
-    for split, exs in (("train", train), ("test", held_out)):
-        for i, e in enumerate(exs):
-            tensors[f"{split}.{i}.phones"] = e.phones.to(torch.int32)
-            tensors[f"{split}.{i}.tokens"] = e.tokens.to(torch.int32)
-    save_file(tensors, path + ".tmp", metadata={"format": "specdec-examples"})
-    os.replace(path + ".tmp", path)
-
-
-def load_examples(path: str) -> tuple[list[Example], list[Example]]:
-    from safetensors import safe_open
-
-    from specdec.errors import SpecdecError
-    if not os.path.isfile(path):
-        raise SpecdecError(f"{path}: no such examples file")
-    with safe_open(path, framework="pt") as f:
-        if (f.metadata() or {}).get("format") != "specdec-examples":
-            raise SpecdecError(f"{path}: not a specdec examples file (format=specdec-examples)")
-        tensors = {k: f.get_tensor(k).long() for k in f.keys()}
-    out = {"train": [], "test": []}
-    for split in out:
-        n = sum(1 for k in tensors if k.startswith(split + ".") and k.endswith(".phones"))
-        out[split] = [Example(tensors[f"{split}.{i}.phones"], tensors[f"{split}.{i}.tokens"]) for i in range(n)]
-    if not out["train"] or not out["test"]:
-        raise SpecdecError(f"{path}: needs both train and test examples")
-    return out["train"], out["test"]

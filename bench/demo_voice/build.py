@@ -95,16 +95,27 @@ def step_gpt(args) -> None:
 
 
 def step_draft(args) -> None:
-    """Distil the EAGLE draft with `specdec distill` on same-speaker pairs (the inference layout)."""
+    """Distil the EAGLE draft on same-speaker pairs (the inference layout) against the target's warped p at upstream's
+    default sampling; resumable from --data/ckpt/draft. Writes --data/draft.safetensors (fp32)."""
+    import json
+
+    import torch
+
     from specdec import voicebuild
-    from specdec.cli import main as cli
-    from specdec.eagle_train import save_examples
+    from specdec.eagle_train import EagleTrainConfig, train_eagle
+    from specdec.models.checkpoint import load_gpt
+    torch.set_num_threads(1)
     train, test = _utterances(args)
-    examples = os.path.join(args.data, "examples.safetensors")
-    save_examples(examples, *voicebuild.pair_examples(train, test))
-    cli(["distill", os.path.join(args.data, "gpt.safetensors"), "--examples", examples, "-o",
-         os.path.join(args.data, "draft.safetensors"), "--work", os.path.join(args.data, "ckpt", "draft"),
-         "--layers", str(args.draft_layers), "--steps", str(args.draft_steps), "--dtype", "float32"])
+    target = load_gpt(os.path.join(args.data, "gpt.safetensors"))
+    cfg = EagleTrainConfig(n_layer=args.draft_layers, steps=args.draft_steps, checkpoint_every=25)
+    with _progress() as p:
+        task = p.add_task("draft", total=cfg.steps)
+        report = train_eagle(target, *voicebuild.pair_examples(train, test), os.path.join(args.data, "draft.safetensors"),
+                             os.path.join(args.data, "ckpt", "draft"), cfg,
+                             progress=lambda i, n, kl: p.update(task, completed=i, description=f"draft KL {kl:.3f}"))
+    with open(os.path.join(args.data, "draft_report.json"), "w") as f:
+        json.dump(report, f, indent=1)
+    console.print(f"draft: held-out α (step 1 / step 2) {report['alpha_before']} → {report['alpha_after']}")
 
 
 STEPS = {"corpus": step_corpus, "tokens": step_tokens, "gpt": step_gpt, "draft": step_draft}
