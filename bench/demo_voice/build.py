@@ -118,7 +118,34 @@ def step_draft(args) -> None:
     console.print(f"draft: held-out α (step 1 / step 2) {report['alpha_before']} → {report['alpha_after']}")
 
 
-STEPS = {"corpus": step_corpus, "tokens": step_tokens, "gpt": step_gpt, "draft": step_draft}
+def step_bundle(args) -> None:
+    """Assemble the shipped bundle: fp16 GPT and draft, tokenizer, the decoder (--decoder), one built-in voice per
+    speaker (a 3-6 s training clip as reference)."""
+    import shutil
+
+    import torch
+
+    from specdec import voicebuild
+    from specdec.models.checkpoint import load_gpt, save_gpt
+    from specdec.models.eagle import load_eagle, save_eagle
+    from specdec.models.text import Frontend
+    out = args.out
+    os.makedirs(out, exist_ok=True)
+    gpt = load_gpt(os.path.join(args.data, "gpt.safetensors"))
+    save_gpt(gpt, os.path.join(out, "gpt.safetensors"), dtype=torch.float16)
+    save_eagle(load_eagle(os.path.join(args.data, "draft.safetensors"), gpt.cfg), os.path.join(out, "draft.safetensors"),
+               gpt.cfg, torch.float16)
+    shutil.copyfile(os.path.join(args.data, "tokenizer.safetensors"), os.path.join(out, "tokenizer.safetensors"))
+    shutil.copyfile(args.decoder, os.path.join(out, "decoder.safetensors"))
+    clips, tokens, frontend = _clips(args), voicebuild.load_tokens(args.data), Frontend("v2")
+    speakers = sorted({c.speaker for c in clips})
+    for spk, clip in voicebuild.reference_clips(clips, speakers).items():
+        voicebuild.make_voice(args.data, clip, tokens[clip.id], frontend).save(os.path.join(out, "voices", spk))
+    total = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(out) for f in fs)
+    console.print(f"bundle → {out}: {total / 2**20:.1f} MB, voices {', '.join(speakers)}")
+
+
+STEPS = {"corpus": step_corpus, "tokens": step_tokens, "gpt": step_gpt, "draft": step_draft, "bundle": step_bundle}
 
 
 def main(argv=None) -> int:
@@ -134,6 +161,9 @@ def main(argv=None) -> int:
     ap.add_argument("--batch-tokens", type=int, default=4000)
     ap.add_argument("--draft-layers", type=int, default=1)
     ap.add_argument("--draft-steps", type=int, default=300)
+    ap.add_argument("--decoder", default="/work/data/demo/decoder.safetensors", help="trained fast decoder")
+    ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "..", "..", "models", "demo"),
+                    help="bundle folder")
     args = ap.parse_args(argv)
     STEPS[args.step](args)
     return 0
