@@ -13,7 +13,8 @@ import soundfile as sf
 import torch
 
 from specdec.corpus import Clip
-from specdec.models.tokenizer import SpeakerStats, Tokenizer, TokenizerConfig, fit, load_tokenizer, save_tokenizer
+from specdec.models.tokenizer import Tokenizer, TokenizerConfig, fit, save_tokenizer
+from specdec.voices import Voice
 
 
 def read_clip(data_dir: str, clip: Clip) -> torch.Tensor:
@@ -60,10 +61,6 @@ def load_tokens(data_dir: str) -> dict[str, torch.Tensor]:
     return {k: v.long() for k, v in load_file(os.path.join(data_dir, "tokens.safetensors")).items()}
 
 
-def load_corpus_tokenizer(data_dir: str) -> tuple[Tokenizer, dict[str, SpeakerStats]]:
-    return load_tokenizer(os.path.join(data_dir, "tokenizer.safetensors"))
-
-
 def token_report(tokens: dict[str, torch.Tensor]) -> str:
     """Unigram entropy, bigram conditional entropy and repeat rate (bits; a cheap proxy for predictability)."""
     uni, bi, prev, rep, n = Counter(), Counter(), Counter(), 0, 0
@@ -107,11 +104,10 @@ def reference_clips(clips: list[Clip], speakers: list[str], min_s: float = 3.0, 
     return out
 
 
-def make_voice(data_dir: str, clip: Clip, tokens: torch.Tensor, frontend) -> "Voice":
+def make_voice(data_dir: str, clip: Clip, tokens: torch.Tensor, frontend) -> Voice:
     """A built-in voice: the reference transcript's phones, the clip's tokens (the GPT prompt) and the fast
     decoder's conditioning (the clip's log-mel statistics)."""
     from specdec.models.fast_decoder import SAMPLE_RATE, reference_stats
-    from specdec.voices import Voice
     phones, _ = frontend.phones(clip.text, "en")
     cond = {"ref_mel_stats": reference_stats(read_clip(data_dir, clip), SAMPLE_RATE)}
     return Voice(clip.speaker, clip.text, "en", frontend.symbol_version, phones, tokens, None, cond,
