@@ -190,7 +190,7 @@ def _spell(word: str, cmu: dict) -> list[str]:
 
 
 def _lookup(word: str) -> list[str]:
-    """Phones of a word (original case) that is not a homograph."""
+    """Phones of a word that is not a homograph."""
     g2p, low = _g2p_en(), word.lower()
     if len(low) > 1 and low in g2p.cmu:
         return g2p.cmu[low][0]
@@ -198,7 +198,7 @@ def _lookup(word: str) -> list[str]:
         return _spell(low, g2p.cmu)
     if re.fullmatch(r"[a-z]+'s", low):
         stem = _lookup(low[:-2])
-        last = stem[-1]
+        last = stem[-1] if stem else ""
         return stem + (["S"] if last in ("P", "T", "K", "F", "TH", "HH") else
                        ["AH0", "Z"] if last in ("S", "Z", "SH", "ZH", "CH", "JH") else ["Z"])
     parts = _segmenter()(low)
