@@ -94,6 +94,39 @@ def test_distill_writes_a_draft_the_engine_uses_and_resumes(ckpt, tmp_path):
     assert torch.equal(ref.tokens, got.tokens)
 
 
+@pytest.fixture(scope="module")
+def tiny_hubert(tmp_path_factory):
+    """A one-layer HuBERT with chinese-hubert-base's widths (the SoVITS ssl_proj reads 768 channels)."""
+    transformers = pytest.importorskip("transformers", reason="optional extra [hubert] not installed")
+    from test_sovits_prompt import hubert_dir
+    torch.manual_seed(0)
+    config = transformers.HubertConfig.from_pretrained(hubert_dir(), num_hidden_layers=1)
+    folder = str(tmp_path_factory.mktemp("hubert"))
+    transformers.HubertModel(config).eval().save_pretrained(folder)
+    return folder
+
+
+def test_voice_create(tmp_path, tiny_hubert):
+    import soundfile as sf
+
+    from sovits_oracle import oracle_case
+    from specdec.voices import Voice
+    g = torch.Generator().manual_seed(0)
+    for name, seconds in (("ok.wav", 4.0), ("short.wav", 2.0)):
+        sf.write(str(tmp_path / name), (0.1 * torch.randn(int(seconds * 32000), generator=g)).numpy(), 32000)
+    pth = oracle_case("v2").path
+    rc, out, err = run("voice", "create", str(tmp_path / "ok.wav"), "--text", "Hello there, how are you",
+                       "--sovits", pth, "--hubert", tiny_hubert, "-o", str(tmp_path / "voice"))
+    assert rc == 0, err
+    v = Voice.load(str(tmp_path / "voice"))
+    # 25 Hz over the 4 s clip + the 0.6 s of silence upstream appends (at 16 kHz) before HuBERT
+    assert v.symbol_version == "v2" and v.phones.numel() > 10 and 110 <= v.tokens.numel() <= 118
+    assert v.text == "Hello there, how are you" and "refer_spec" in v.conditioning
+    rc, _, err = run("voice", "create", str(tmp_path / "short.wav"), "--text", "Hi.", "--sovits", pth,
+                     "--hubert", tiny_hubert, "-o", str(tmp_path / "short_voice"))
+    assert "3-10 s" in one_error_line(rc, err) and not (tmp_path / "short_voice").exists()
+
+
 @pytest.mark.parametrize("args,needle", [
     (["info", "/nope.ckpt"], "no such file"),
     (["convert", "/nope.ckpt", "-o", "OUT"], "no such file"),
