@@ -17,7 +17,6 @@ receptive field), so a chunk differs from the one-shot decode only by Griffin-Li
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass
 
@@ -218,21 +217,16 @@ FORMAT_TAG = "specdec-fast-decoder"
 
 
 def save_fast_decoder(net: TokenToMel, path: str, dtype: torch.dtype = torch.float16) -> None:
-    from safetensors.torch import save_file
-    tensors = {k: v.detach().to(dtype).contiguous() for k, v in net.state_dict().items()}
-    save_file(tensors, path, metadata={"format": FORMAT_TAG, "config": json.dumps(asdict(net.cfg))})
+    from specdec.models import weights
+    weights.write(path, net.state_dict(), FORMAT_TAG, asdict(net.cfg), dtype=dtype)
 
 
 def load_fast_decoder(path: str) -> TokenToMel:
-    from safetensors import SafetensorError, safe_open
+    """Weights are stored in fp16 (the shipped file) or fp32 and run in fp32."""
+    from specdec.models import weights
+    state, config, _ = weights.read(path, FORMAT_TAG, "fast-decoder")
     try:
-        with safe_open(path, framework="pt") as f:
-            meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k).float() for k in f.keys()}
-    except (OSError, SafetensorError) as e:
-        raise SpecdecError(f"{path}: unreadable fast-decoder weights ({str(e).splitlines()[0][:120]})") from None
-    if meta.get("format") != FORMAT_TAG:
-        raise SpecdecError(f"{path}: not a fast-decoder checkpoint (metadata format {meta.get('format')!r})")
-    net = TokenToMel(FastDecoderConfig(**json.loads(meta["config"])))
-    net.load_state_dict(tensors)
-    return net
+        cfg = FastDecoderConfig(**config)
+    except TypeError as e:
+        raise SpecdecError(f"{path}: fast-decoder config does not fit this version ({e})") from None
+    return weights.load_state(path, TokenToMel(cfg), state, torch.float32, "fast-decoder")
