@@ -28,6 +28,7 @@ from specdec.errors import SpecdecError
 from specdec.models.gpt import GPT
 from specdec.models.linear import Linear
 
+
 def _pack(w: torch.Tensor, b: torch.Tensor | None):
     """w [out, in] fp32 → FBGEMM packed int8 weights (symmetric per-channel scales), b kept outside the GEMM."""
     scale = (w.abs().amax(1) / 127).clamp_min(1e-12).double()
