@@ -13,9 +13,7 @@ centroids with the voice's stats (a voice carries them as conditioning).
 """
 from __future__ import annotations
 
-import json
 import math
-import os
 from dataclasses import asdict, dataclass, fields
 
 import torch
@@ -23,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from specdec.errors import SpecdecError
+from specdec.models import weights
 
 FORMAT_TAG = "specdec-tokenizer"
 
@@ -118,11 +117,23 @@ class Tokenizer(nn.Module):
         return x.reshape(-1, self.cfg.n_mels)
 
 
-def kmeans(x: torch.Tensor, k: int, iters: int = 20, seed: int = 0, chunk: int = 65536) -> torch.Tensor:
-    """Lloyd's k-means with k-means++-style seeding from a subsample; x [N, D] → centroids [k, D].
+def kmeans_pp(x: torch.Tensor, k: int, g: torch.Generator) -> torch.Tensor:
+    """k-means++ seeding (Arthur & Vassilvitskii 2007): each next centre drawn ∝ squared distance to the nearest."""
+    c = x[torch.randint(x.shape[0], (1,), generator=g)]
+    d2 = (x - c).pow(2).sum(-1)
+    for _ in range(k - 1):
+        nxt = x[torch.multinomial(d2.clamp_min(1e-12), 1, generator=g)]
+        c = torch.cat([c, nxt])
+        d2 = torch.minimum(d2, (x - nxt).pow(2).sum(-1))
+    return c
+
+
+def kmeans(x: torch.Tensor, k: int, iters: int = 20, seed: int = 0, chunk: int = 65536,
+           seed_points: int = 20000) -> torch.Tensor:
+    """Lloyd's k-means, k-means++ seeded on a subsample of `seed_points`; x [N, D] → centroids [k, D].
     Empty clusters are re-seeded with the points worst served by their centroid."""
     g = torch.Generator().manual_seed(seed)
-    c = x[torch.randperm(x.shape[0], generator=g)[:k]].clone()
+    c = kmeans_pp(x[torch.randperm(x.shape[0], generator=g)[:seed_points]], k, g)
     for _ in range(iters):
         assign = torch.cat([torch.cdist(x[i:i + chunk], c).argmin(-1) for i in range(0, x.shape[0], chunk)])
         sums = torch.zeros_like(c).index_add_(0, assign, x)
@@ -149,25 +160,18 @@ def fit(tok: Tokenizer, feats_by_speaker: dict[str, list[torch.Tensor]], max_fra
 
 def save_tokenizer(tok: Tokenizer, path: str, stats: dict[str, SpeakerStats] | None = None) -> None:
     """centroids + (optionally) the training speakers' stats, fp32 (they are small)."""
-    from safetensors.torch import save_file
-    tensors = {"centroids": tok.centroids.contiguous()}
+    state = {"centroids": tok.centroids}
     for name, s in (stats or {}).items():
-        tensors[f"speakers.{name}.mean"], tensors[f"speakers.{name}.std"] = s.mean, s.std
-    save_file(tensors, path + ".tmp", metadata={"format": FORMAT_TAG, "config": json.dumps(tok.cfg.to_dict())})
-    os.replace(path + ".tmp", path)
+        state[f"speakers.{name}.mean"], state[f"speakers.{name}.std"] = s.mean, s.std
+    weights.write(path, state, FORMAT_TAG, tok.cfg.to_dict())
 
 
 def load_tokenizer(path: str) -> tuple[Tokenizer, dict[str, SpeakerStats]]:
-    from safetensors import safe_open
-    if not os.path.isfile(path):
-        raise SpecdecError(f"{path}: no such tokenizer file")
-    with safe_open(path, framework="pt") as f:
-        meta = f.metadata() or {}
-        if meta.get("format") != FORMAT_TAG:
-            raise SpecdecError(f"{path}: not a specdec tokenizer (metadata lacks format={FORMAT_TAG})")
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
-    tok = Tokenizer(TokenizerConfig.from_dict(json.loads(meta["config"])))
-    tok.centroids.copy_(tensors["centroids"])
-    names = {k.split(".")[1] for k in tensors if k.startswith("speakers.")}
-    stats = {n: SpeakerStats(tensors[f"speakers.{n}.mean"], tensors[f"speakers.{n}.std"]) for n in sorted(names)}
+    state, config, _ = weights.read(path, FORMAT_TAG, "tokenizer")
+    tok = Tokenizer(TokenizerConfig.from_dict(config))
+    if "centroids" not in state or state["centroids"].shape != tok.centroids.shape:
+        raise SpecdecError(f"{path}: centroids missing or not [{tok.cfg.n_tokens}, {tok.cfg.dim}] as its config says")
+    tok.centroids.copy_(state["centroids"])
+    names = sorted({k.split(".")[1] for k in state if k.startswith("speakers.")})
+    stats = {n: SpeakerStats(state[f"speakers.{n}.mean"].float(), state[f"speakers.{n}.std"].float()) for n in names}
     return tok.eval(), stats

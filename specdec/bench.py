@@ -200,6 +200,58 @@ def spec_sweep(target, drafts: dict, ks: list[int], requests: list, repeats: int
             "n_requests": len(requests), "rows": rows}
 
 
+# ---- end to end: text → audio through the pipeline, streaming -------------------------------------------------
+BENCH_TEXTS = (  # a fixed set, none of them in the demo corpus
+    "The quick brown fox jumps over the lazy dog.",
+    "Speculative decoding makes the same speech sooner.",
+    "Please call me back before noon tomorrow.",
+    "A small draft proposes, and the full model decides.",
+)
+
+
+def end_to_end(configs: dict, voice, texts=BENCH_TEXTS, repeats: int = 3, warmup: int = 1, progress=None) -> dict:
+    """configs: name → specdec.pipeline.TTS. Every text is synthesised with streaming decode; per config the
+    medians over (repeats × texts) of time to first audio, real-time factor and each stage's seconds."""
+    from specdec.pipeline import synthesize
+    from specdec.sampling import SamplingParams
+    stats: dict[str, list] = {name: [] for name in configs}
+
+    def runner(name, tts):
+        def run() -> int:
+            n = 0
+            for i, text in enumerate(texts):
+                _, st = synthesize(text, tts, voice, streaming=True, params=SamplingParams(seed=i))
+                stats[name].append(st)
+                n += st.gpt.num_emitted_tokens
+            return n
+        return run
+    timings = run_interleaved({name: runner(name, tts) for name, tts in configs.items()}, repeats, warmup, progress)
+    rows = []
+    for name, t in timings.items():
+        runs = stats[name][warmup * len(texts):]
+        med = {key: statistics.median(getattr(st, key) for st in runs)
+               for key in ("first_chunk_s", "rtf", "gpt_tokens_per_s", "frontend_s", "gpt_s", "decode_s", "audio_s")}
+        gpt = runs[0].gpt
+        for st in runs[1:]:
+            gpt = gpt.merge(st.gpt)
+        rows.append({"name": name, **med, "mean_acceptance_length": gpt.mean_acceptance_length if gpt.num_drafts
+                     else None, "acceptance_per_position": gpt.acceptance_per_position})
+    return {"machine": machine(), "texts": list(texts), "voice": voice.name, "rows": rows}
+
+
+def markdown_e2e(res: dict) -> str:
+    m = res["machine"]
+    lines = [f"End to end (text → 16/32 kHz audio, streaming), voice {res['voice']}, {len(res['texts'])} sentences, "
+             f"{m['cpu']} ({m['cores']} cores), {m['date']}", "",
+             "| config | first audio (s) | real-time factor | GPT tok/s | front-end / GPT / decoder s per sentence "
+             "| mean acceptance length |", "|---|---|---|---|---|---|"]
+    for r in res["rows"]:
+        mal = f"{r['mean_acceptance_length']:.2f}" if r["mean_acceptance_length"] else "–"
+        lines.append(f"| {r['name']} | {r['first_chunk_s']:.3f} | {r['rtf']:.3f} | {r['gpt_tokens_per_s']:.1f} | "
+                     f"{r['frontend_s']:.3f} / {r['gpt_s']:.3f} / {r['decode_s']:.3f} | {mal} |")
+    return "\n".join(lines) + "\n"
+
+
 def markdown_table(res: dict) -> str:
     m = res["machine"]
     lines = [f"GPT-only, {m['cpu']} ({m['cores']} cores), torch {m['torch']}, {m['date']}", "",

@@ -13,7 +13,8 @@ import soundfile as sf
 import torch
 
 from specdec.corpus import Clip
-from specdec.models.tokenizer import SpeakerStats, Tokenizer, TokenizerConfig, fit, load_tokenizer, save_tokenizer
+from specdec.models.tokenizer import Tokenizer, TokenizerConfig, fit, save_tokenizer
+from specdec.voices import Voice
 
 
 def read_clip(data_dir: str, clip: Clip) -> torch.Tensor:
@@ -44,13 +45,20 @@ def tokenize_corpus(data_dir: str, clips: list[Clip], n_tokens: int, progress=No
     return tok, stats, tokens
 
 
+def utterances(data_dir: str, clips: list[Clip], frontend) -> tuple[list, list]:
+    """(train, test) Utterances: v2 phones of each clip's text (the project's front-end) and its tokens."""
+    from specdec.gpt_train import Utterance
+    tokens = load_tokens(data_dir)
+    out = {"train": [], "test": []}
+    for c in clips:
+        phones, _ = frontend.phones(c.text, "en")
+        out[c.split].append(Utterance(c.id, c.speaker, phones, tokens[c.id]))
+    return out["train"], out["test"]
+
+
 def load_tokens(data_dir: str) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
     return {k: v.long() for k, v in load_file(os.path.join(data_dir, "tokens.safetensors")).items()}
-
-
-def load_corpus_tokenizer(data_dir: str) -> tuple[Tokenizer, dict[str, SpeakerStats]]:
-    return load_tokenizer(os.path.join(data_dir, "tokenizer.safetensors"))
 
 
 def token_report(tokens: dict[str, torch.Tensor]) -> str:
@@ -69,3 +77,38 @@ def token_report(tokens: dict[str, torch.Tensor]) -> str:
         tot = sum(c.values())
         return -sum(v / tot * math.log2(v / tot) for v in c.values())
     return f"H1 {h(uni):.2f} bits, H(t|t-1) {h(bi) - h(prev):.2f} bits, repeats {rep / max(n, 1):.2f}"
+
+
+def pair_examples(train: list, test: list, seed: int = 0) -> tuple[list, list]:
+    """Draft-training sequences in the inference layout: each training sentence prompted by a random other sentence
+    of its speaker; held out: each test sentence prompted as in `gpt_train.held_out_pairs`."""
+    import random
+
+    from specdec.distill import Example
+    from specdec.gpt_train import held_out_pairs, pair
+    rng = random.Random(seed)
+    by_speaker = defaultdict(list)
+    for u in train:
+        by_speaker[u.speaker].append(u)
+    tr = [pair(rng.choice(by_speaker[u.speaker]), u) for u in train]
+    return ([Example(e.phones, e.tokens) for e in tr],
+            [Example(e.phones, e.tokens) for e in held_out_pairs(test, train)])
+
+
+def reference_clips(clips: list[Clip], speakers: list[str], min_s: float = 3.0, max_s: float = 6.0) -> dict[str, Clip]:
+    """Per speaker, the first training clip of min_s..max_s seconds: the built-in voice's reference."""
+    out = {}
+    for c in clips:
+        if c.split == "train" and c.speaker in speakers and c.speaker not in out and min_s <= c.seconds <= max_s:
+            out[c.speaker] = c
+    return out
+
+
+def make_voice(data_dir: str, clip: Clip, tokens: torch.Tensor, frontend) -> Voice:
+    """A built-in voice: the reference transcript's phones, the clip's tokens (the GPT prompt) and the fast
+    decoder's conditioning (the clip's log-mel statistics)."""
+    from specdec.models.fast_decoder import SAMPLE_RATE, reference_stats
+    phones, _ = frontend.phones(clip.text, "en")
+    cond = {"ref_mel_stats": reference_stats(read_clip(data_dir, clip), SAMPLE_RATE)}
+    return Voice(clip.speaker, clip.text, "en", frontend.symbol_version, phones, tokens, None, cond,
+                 {"source": clip.id, "decoder": "fast", "tokenizer": "kmeans-logmel-25hz"})

@@ -71,14 +71,72 @@ def test_sovits_info_and_convert(tmp_path):
     assert rc == 0 and json.loads(out)["parameters"] == info["parameters"]
 
 
+def test_distill_writes_a_draft_the_engine_uses_and_resumes(ckpt, tmp_path):
+    texts = tmp_path / "texts.txt"
+    texts.write_text("\n".join(f"The {w} sat on mat number {i}." for i, w in
+                               enumerate(["cat", "dog", "bird", "fox", "cow", "pig", "hen", "owl", "ant", "bee", "elk"])))
+    out = tmp_path / "draft.safetensors"
+
+    def distill(steps):
+        return run("distill", "--target", str(ckpt), "--texts", str(texts), "--kind", "gpt", "--layers", "1",
+                   "--steps", str(steps), "--max-tokens", "20", "-o", str(out))
+    rc, stdout, err = distill(3)
+    assert rc == 0 and out.exists() and "acceptance" in stdout, err
+    assert os.path.exists(str(out) + ".work/examples.pt")  # the target's sequences, kept for resuming
+    rc, stdout, err = distill(6)  # resumes from step 3
+    assert rc == 0 and "6 steps" in stdout, err
+    from specdec.models.checkpoint import load_gpt
+    target, draft = load_gpt(str(ckpt)), str(out)
+    phones = torch.randint(0, 732, (12,), generator=torch.Generator().manual_seed(0))
+    import specdec
+    ref = specdec.generate(target, phones, None, top_k=1, max_new_tokens=30)
+    got = specdec.generate(target, phones, None, top_k=1, max_new_tokens=30, draft=draft, k=3)
+    assert torch.equal(ref.tokens, got.tokens)
+
+
+@pytest.fixture(scope="module")
+def tiny_hubert(tmp_path_factory):
+    """A one-layer HuBERT with chinese-hubert-base's widths (the SoVITS ssl_proj reads 768 channels)."""
+    transformers = pytest.importorskip("transformers", reason="optional extra [hubert] not installed")
+    from test_sovits_prompt import hubert_dir
+    torch.manual_seed(0)
+    config = transformers.HubertConfig.from_pretrained(hubert_dir(), num_hidden_layers=1)
+    folder = str(tmp_path_factory.mktemp("hubert"))
+    transformers.HubertModel(config).eval().save_pretrained(folder)
+    return folder
+
+
+def test_voice_create(tmp_path, tiny_hubert):
+    import soundfile as sf
+
+    from sovits_oracle import oracle_case
+    from specdec.voices import Voice
+    g = torch.Generator().manual_seed(0)
+    for name, seconds in (("ok.wav", 4.0), ("short.wav", 2.0)):
+        sf.write(str(tmp_path / name), (0.1 * torch.randn(int(seconds * 32000), generator=g)).numpy(), 32000)
+    pth = oracle_case("v2").path
+    rc, out, err = run("voice", "create", str(tmp_path / "ok.wav"), "--text", "Hello there, how are you",
+                       "--sovits", pth, "--hubert", tiny_hubert, "-o", str(tmp_path / "voice"))
+    assert rc == 0, err
+    v = Voice.load(str(tmp_path / "voice"))
+    # 25 Hz over the 4 s clip + the 0.6 s of silence upstream appends (at 16 kHz) before HuBERT
+    assert v.symbol_version == "v2" and v.phones.numel() > 10 and 110 <= v.tokens.numel() <= 118
+    assert v.text == "Hello there, how are you" and "refer_spec" in v.conditioning
+    rc, _, err = run("voice", "create", str(tmp_path / "short.wav"), "--text", "Hi.", "--sovits", pth,
+                     "--hubert", tiny_hubert, "-o", str(tmp_path / "short_voice"))
+    assert "3-10 s" in one_error_line(rc, err) and not (tmp_path / "short_voice").exists()
+
+
 @pytest.mark.parametrize("args,needle", [
     (["info", "/nope.ckpt"], "no such file"),
     (["convert", "/nope.ckpt", "-o", "OUT"], "no such file"),
-    (["bench", "--shape", "v2", "--gpt", "x"], "exactly one"),
+    (["bench", "--shape", "v2", "--gpt", "x"], "at most one"),
     (["bench", "--gpt", "G", "--k", "0"], "1..16"),
     (["bench", "--gpt", "G", "--k", "a,b"], "integers"),
     (["frobnicate"], "invalid choice"),
     (["info"], "required"),
+    (["distill", "--target", "/nope.ckpt", "--texts", "/nope.txt", "-o", "OUT"], "no such file"),
+    (["distill", "--target", "/nope.ckpt", "--texts", "/nope.txt", "--layers", "0", "-o", "OUT"], "--layers"),
 ])
 def test_bad_inputs_are_one_line(args, needle, tmp_path, ckpt):
     args = [str(ckpt) if a == "G" else str(tmp_path / a) if a == "OUT" else a for a in args]
