@@ -107,11 +107,10 @@ def _accept_kernel(probs_ptr, draft_probs_ptr, tokens_ptr, argmax_eos_ptr, ban_p
     q0 = tl.load(query_start_loc_ptr + b)
     k = tl.load(query_start_loc_ptr + b + 1) - q0 - 1
     eos = vocab - 1
-    n = 0
-    stop = -1
-    rejected = False
+    n = tl.full([], 0, tl.int32)  # drafts accepted so far; n < i once one was rejected
+    stop = tl.full([], -1, tl.int32)
     for i in range(0, k):
-        if not rejected:
+        if n == i:
             row = (q0 + i).to(tl.int64)
             d = tl.load(tokens_ptr + row + 1)
             p_d = tl.load(probs_ptr + row * s_probs + d)
@@ -120,8 +119,6 @@ def _accept_kernel(probs_ptr, draft_probs_ptr, tokens_ptr, argmax_eos_ptr, ban_p
                 if (stop < 0) & ((tl.load(argmax_eos_ptr + row) != 0) | (d == eos)):
                     stop = i
                 n += 1
-            else:
-                rejected = True
     row = (q0 + n).to(tl.int64)
     v = tl.arange(0, BLOCK_V)
     live = v < vocab - (tl.load(ban_ptr + row) != 0).to(tl.int32)  # a banned step races over the 1024 tokens only
