@@ -13,16 +13,16 @@ block. Exactness never depends on it (q is whatever the draft sampled from).
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, fields
 
 import torch
+from specdec.kernels import AttentionMetadata
+from specdec.models import weights
+from specdec.models.gpt import Block, GPTConfig
+from specdec.models.linear import Linear
 from torch import nn
 
 from specdec.errors import SpecdecError
-from specdec.kernels import AttentionMetadata
-from specdec.models.gpt import Block, GPTConfig
-from specdec.models.linear import Linear
 
 FORMAT_TAG = "specdec-eagle"
 
@@ -73,36 +73,18 @@ class EagleDraft(nn.Module):
 
 
 def save_eagle(model: EagleDraft, path: str, target_cfg: GPTConfig, dtype: torch.dtype | None = None) -> None:
-    from safetensors.torch import save_file
-    state = {k: (v if dtype is None else v.to(dtype)).contiguous() for k, v in model.state_dict().items()}
-    meta = {"format": FORMAT_TAG, "config": json.dumps(model.cfg.to_dict()),
-            "target": json.dumps(target_cfg.to_dict())}
-    save_file(state, path + ".tmp", metadata=meta)
-    os.replace(path + ".tmp", path)
+    weights.write(path, model.state_dict(), FORMAT_TAG, model.cfg.to_dict(), dtype, target=target_cfg.to_dict())
 
 
 def is_eagle_file(path: str) -> bool:
-    from safetensors import safe_open
-    try:
-        with safe_open(path, framework="pt") as f:
-            return (f.metadata() or {}).get("format") == FORMAT_TAG
-    except Exception:  # not safetensors at all: some other kind of checkpoint
-        return False
+    return weights.format_of(path) == FORMAT_TAG
 
 
 def load_eagle(path: str, target_cfg: GPTConfig, dtype: torch.dtype = torch.float32) -> EagleDraft:
-    from safetensors import safe_open
-    with safe_open(path, framework="pt") as f:
-        meta = f.metadata() or {}
-        state = {k: f.get_tensor(k) for k in f.keys()}
-    cfg = EagleConfig.from_dict(json.loads(meta["config"]))
+    state, config, meta = weights.read(path, FORMAT_TAG, "EAGLE draft")
+    cfg = EagleConfig.from_dict(config)
     trained_for = GPTConfig.from_dict(json.loads(meta.get("target", "{}")))
     if cfg.d_model != target_cfg.d_model or trained_for != target_cfg:
         raise SpecdecError(f"{path}: this EAGLE draft was trained for a {trained_for.n_layer}×{trained_for.d_model} "
                            f"GPT, not this {target_cfg.n_layer}×{target_cfg.d_model} one")
-    model = EagleDraft(cfg)
-    try:
-        model.load_state_dict({k: v.to(dtype) for k, v in state.items()})
-    except RuntimeError as e:
-        raise SpecdecError(f"{path}: weights do not match its config ({str(e).splitlines()[0][:120]})") from None
-    return model.eval()
+    return weights.load_state(path, EagleDraft(cfg), state, dtype, "EAGLE draft")

@@ -91,12 +91,15 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps)
 
     def forward(self, x: torch.Tensor, meta: AttentionMetadata, k_cache: torch.Tensor, v_cache: torch.Tensor):
+        # `.forward` and torch.layer_norm skip nn.Module.__call__ and F's checks: a decode step is short enough to
+        # feel them
         T, d = x.shape  # [T, d]: the new tokens of every sequence, flattened
-        q, k, v = self.qkv(x).view(T, 3, self.n_head, self.head_dim).unbind(1)  # 3 × [T, H, D]
+        q, k, v = self.qkv.forward(x).view(T, 3, self.n_head, self.head_dim).unbind(1)  # 3 × [T, H, D]
         a = paged_attention(q, k, v, k_cache, v_cache, meta)  # [T, H, D]
-        n1, n2 = self.norm1, self.norm2  # functional LayerNorm: the decode step is short enough to feel module calls
-        x = F.layer_norm(x + self.out(a.reshape(T, d)), n1.normalized_shape, n1.weight, n1.bias, n1.eps)
-        return F.layer_norm(x + self.ffn_out(self.ffn_in(x).relu_()), n2.normalized_shape, n2.weight, n2.bias, n2.eps)
+        n1, n2 = self.norm1, self.norm2
+        x = torch.layer_norm(x + self.out.forward(a.reshape(T, d)), n1.normalized_shape, n1.weight, n1.bias, n1.eps)
+        h = self.ffn_out.forward(self.ffn_in.forward(x).relu_())
+        return torch.layer_norm(x + h, n2.normalized_shape, n2.weight, n2.bias, n2.eps)
 
     def forward_dense(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Cache-free path for training and teacher forcing: x [B, T, d], mask [B, T, T] bool (True = attend)."""
@@ -120,6 +123,7 @@ class GPT(nn.Module):
         self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.head = Linear(d, cfg.vocab_size, bias=False)
         self.register_buffer("pe", sinusoid_table(4000, d), persistent=False)
+        self.quantization: str | None = None  # "int8": lossy block matmuls (specdec.models.int8.quantize_gpt)
 
     # ---- embeddings ---------------------------------------------------------------------------------------
     def _pe(self, positions: torch.Tensor) -> torch.Tensor:
@@ -145,7 +149,7 @@ class GPT(nn.Module):
         """Run layers [start_layer, end_layer) on x [T, d], writing each new token's K/V into the pages given by
         `meta.slot_mapping`. kv_cache[i] = (k, v) pages of layer i, each [num_blocks, page_size, H, D]."""
         for i in range(start_layer, self.cfg.n_layer if end_layer is None else end_layer):
-            x = self.layers[i](x, meta, *kv_cache[i])
+            x = self.layers[i].forward(x, meta, *kv_cache[i])
         return x
 
     def forward_dense(self, x: torch.Tensor, mask: torch.Tensor, end_layer: int | None = None) -> torch.Tensor:

@@ -16,15 +16,14 @@ specdec format = one `.safetensors` with weight norm already folded and metadata
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 
 import torch
+from specdec.models import weights as weights_io
+from specdec.models.sovits import N_SYMBOLS, SoVITS, SoVITSConfig
 
 from specdec.errors import SpecdecError
-from specdec.models.checkpoint import read_torch_pickle
-from specdec.models.sovits import N_SYMBOLS, SoVITS, SoVITSConfig
 
 FORMAT_TAG = "specdec-sovits"
 VERSION_TAGS = {b"00": "v1", b"01": "v2", b"05": "v2Pro", b"06": "v2ProPlus"}
@@ -80,7 +79,7 @@ def read_upstream_pth(path: str) -> tuple[dict, dict, bytes]:
     else:
         tag = b""
     with torch.serialization.safe_globals([_HParams]):
-        ckpt = read_torch_pickle(path)
+        ckpt = weights_io.read_torch_pickle(path)
     weights, hps = ckpt.get("weight"), _plain(ckpt.get("config"))
     if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
         raise SpecdecError(f"{path}: not a GPT-SoVITS SoVITS checkpoint (no 'weight' dict of tensors)")
@@ -148,65 +147,24 @@ def upstream_to_specdec(weights: dict[str, torch.Tensor]) -> dict[str, torch.Ten
     return out
 
 
-def _load_state(path: str, model: SoVITS, state: dict[str, torch.Tensor], dtype: torch.dtype) -> SoVITS:
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    if missing or unexpected:
-        parts = ([f"missing {len(missing)} weights (e.g. {missing[0]})"] if missing else []) + \
-                ([f"{len(unexpected)} unexpected (e.g. {unexpected[0]})"] if unexpected else [])
-        raise SpecdecError(f"{path}: does not match a SoVITS {model.cfg.version} model: {'; '.join(parts)}")
-    for k, v in state.items():
-        if tuple(v.shape) != tuple(own[k].shape):
-            raise SpecdecError(f"{path}: {k} has shape {tuple(v.shape)}, the config implies {tuple(own[k].shape)}")
-    model.load_state_dict({k: v.to(dtype) for k, v in state.items()})
-    return model.to(dtype).eval().requires_grad_(False)
-
-
 def load_upstream_sovits(path: str, dtype: torch.dtype = torch.float32) -> SoVITS:
     weights, hps, tag = read_upstream_pth(path)
     version = detect_version(path, weights, tag)
     cfg = config_from_hps(path, hps, version)
-    return _load_state(path, SoVITS(cfg), upstream_to_specdec(weights), dtype)
+    return weights_io.load_state(path, SoVITS(cfg), upstream_to_specdec(weights), dtype, "SoVITS").requires_grad_(False)
 
 
 def load_sovits(path: str, dtype: torch.dtype = torch.float32) -> SoVITS:
     """Read an upstream SoVITS `.pth` or a specdec `.safetensors` into a SoVITS model in eval mode."""
-    if not os.path.exists(path):
-        raise SpecdecError(f"{path}: no such file")
-    if os.path.isdir(path):
-        raise SpecdecError(f"{path}: is a directory, expected a SoVITS checkpoint file")
-    with open(path, "rb") as f:
-        head = f.read(9)
-    if len(head) < 9:
-        raise SpecdecError(f"{path}: empty or truncated file")
-    if int.from_bytes(head[:8], "little") + 8 <= os.path.getsize(path) and head[8:9] == b"{":
-        return _load_safetensors(path, dtype)  # safetensors: u64 header length, then the JSON header
+    weights_io.check_file(path, "SoVITS checkpoint")
+    if weights_io.is_safetensors(path):
+        state, config, _ = weights_io.read(path, FORMAT_TAG, "SoVITS")
+        model = SoVITS(SoVITSConfig.from_dict(config))
+        return weights_io.load_state(path, model, state, dtype, "SoVITS").requires_grad_(False)
     return load_upstream_sovits(path, dtype)
-
-
-def _load_safetensors(path: str, dtype: torch.dtype) -> SoVITS:
-    from safetensors import SafetensorError, safe_open
-    try:
-        with safe_open(path, framework="pt") as f:
-            meta = f.metadata() or {}
-            state = {k: f.get_tensor(k) for k in f.keys()}
-    except (SafetensorError, OSError, ValueError) as e:
-        raise SpecdecError(f"{path}: corrupt or truncated safetensors file ({str(e).splitlines()[0][:120]})") from None
-    if meta.get("format") != FORMAT_TAG or "config" not in meta:
-        raise SpecdecError(f"{path}: not a specdec SoVITS file (metadata lacks format={FORMAT_TAG} and config)")
-    try:
-        cfg = SoVITSConfig.from_dict(json.loads(meta["config"]))
-    except (ValueError, TypeError) as e:
-        raise SpecdecError(f"{path}: unreadable config ({e})") from None
-    return _load_state(path, SoVITS(cfg), state, dtype)
 
 
 def save_sovits(model: SoVITS, path: str, dtype: torch.dtype | None = None) -> None:
     """Write a specdec `.safetensors` (folded weights + config) atomically. Default: the model's dtype; fp16 halves
     the file but rounds the folded weights once more than upstream's fp16 g/v do."""
-    from safetensors.torch import save_file
-    state = {k: (v if dtype is None else v.to(dtype)).contiguous() for k, v in model.state_dict().items()}
-    tmp = path + ".tmp"
-    save_file(state, tmp, metadata={"format": FORMAT_TAG, "config": json.dumps(model.cfg.to_dict())})
-    os.replace(tmp, path)
+    weights_io.write(path, model.state_dict(), FORMAT_TAG, model.cfg.to_dict(), dtype)

@@ -145,7 +145,7 @@ def load_sv_model(path: str, dtype: torch.dtype = torch.float32) -> ERes2NetV2:
     if not os.path.isfile(path):
         raise SpecdecError(f"{path}: speaker-embedding model not found; SoVITS v2Pro/v2ProPlus need ERes2NetV2 "
                            f"weights, upstream's GPT_SoVITS/pretrained_models/sv/{SV_CKPT_NAME}")
-    from specdec.models.checkpoint import read_torch_pickle
+    from specdec.models.weights import read_torch_pickle
     state = read_torch_pickle(path)  # upstream saves the bare state dict
     model = ERes2NetV2()
     own = model.state_dict()

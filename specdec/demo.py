@@ -1,0 +1,71 @@
+"""The bundled demo voice: a small GPT-SoVITS-style model set trained here (see models/demo/MODEL_CARD.md).
+
+    bundle = demo.load()            # GPT, EAGLE draft, fast decoder, v2 front-end, built-in voices
+    voice = bundle.voice("slt")     # a built-in speaker, a voice folder, or None for the default
+
+`specdec synth "text"` with no model options uses it, so the CLI speaks with nothing downloaded.
+"""
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import dataclass, field
+
+from specdec.errors import SpecdecError
+from specdec.voices import Voice
+
+DEFAULT_VOICE = "slt"
+
+
+def demo_dir() -> str:
+    """models/demo of the installed package (specdec.models maps to the repository's models/ folder)."""
+    import specdec.models
+    return os.path.join(os.path.dirname(specdec.models.__file__), "demo")
+
+
+@dataclass
+class DemoBundle:
+    gpt: object  # specdec.models.gpt.GPT
+    draft: object  # specdec.models.eagle.EagleDraft or None
+    decoder: object  # specdec.models.fast_decoder.FastDecoder
+    frontend: object  # specdec.models.text.Frontend("v2")
+    voices: dict[str, Voice] = field(default_factory=dict)
+    default_voice: str = DEFAULT_VOICE
+
+    def voice(self, name: str | None = None) -> Voice:
+        """A built-in speaker by name, a voice folder made for this bundle, or the default speaker."""
+        name = name or self.default_voice
+        if name in self.voices:
+            return self.voices[name]
+        if os.path.isdir(name):
+            return Voice.load(name)
+        raise SpecdecError(f"--voice {name}: no such built-in speaker ({', '.join(sorted(self.voices))}) "
+                           "or voice folder")
+
+
+def _need(path: str) -> str:
+    if not os.path.isfile(path):
+        raise SpecdecError(f"{path}: the demo bundle is incomplete (reinstall specdec, or rebuild it with "
+                           "bench/demo_voice/build.py)")
+    return path
+
+
+@functools.lru_cache(maxsize=4)
+def load(folder: str | None = None) -> DemoBundle:
+    """Load the bundle from `folder` (default: the installed models/demo). Weights are stored in fp16 and run in
+    fp32, which makes the GPT's GEMMs take the exact fp16-weight path."""
+    from specdec.models.checkpoint import load_gpt
+    from specdec.models.eagle import load_eagle
+    from specdec.models.fast_decoder import FastDecoder
+    from specdec.models.text import Frontend
+    folder = folder or demo_dir()
+    gpt = load_gpt(_need(os.path.join(folder, "gpt.safetensors")))
+    draft_path = os.path.join(folder, "draft.safetensors")
+    draft = load_eagle(draft_path, gpt.cfg) if os.path.isfile(draft_path) else None
+    decoder = FastDecoder.from_file(_need(os.path.join(folder, "decoder.safetensors")))
+    vdir = os.path.join(folder, "voices")
+    voices = {n: Voice.load(os.path.join(vdir, n)) for n in sorted(os.listdir(vdir))} if os.path.isdir(vdir) else {}
+    if not voices:
+        raise SpecdecError(f"{vdir}: the demo bundle has no voices")
+    default = DEFAULT_VOICE if DEFAULT_VOICE in voices else next(iter(voices))
+    return DemoBundle(gpt, draft, decoder, Frontend("v2"), voices, default)
