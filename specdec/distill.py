@@ -214,7 +214,7 @@ def distill(target: GPT, train: list[Example], held_out: list[Example], out_path
         opt.step()
         step += 1
         if progress:
-            progress(step, cfg.steps, float(loss))
+            progress(step, cfg.steps, loss.item())
         if step % cfg.checkpoint_every == 0 or step == cfg.steps:
             torch.save({"draft": draft.state_dict(), "opt": opt.state_dict(), "step": step, "history": history},
                        ckpt_path + ".tmp")

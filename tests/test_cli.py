@@ -1,5 +1,7 @@
 """The command line: every command runs, every bad input is one line on stderr with a non-zero exit and leaves
 no file behind."""
+import contextlib
+import io
 import json
 import os
 import subprocess
@@ -9,11 +11,24 @@ import pytest
 import torch
 
 from specdec import GPT, GPTConfig
+from specdec.cli import main
 from specdec.models.checkpoint import upstream_checkpoint
 
 
-def run(*args, cwd=None):
-    p = subprocess.run([sys.executable, "-m", "specdec.cli", *args], capture_output=True, text=True, cwd=cwd,
+def run(*args):
+    """`specdec ARGS` in this process (the same `main` the console script calls): (exit code, stdout, stderr)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            rc = main(list(args))
+        except SystemExit as e:  # argparse usage errors
+            rc = e.code
+    return rc, out.getvalue(), err.getvalue()
+
+
+def run_process(*args):
+    """The real console entry point in a fresh interpreter (slower: imports torch again)."""
+    p = subprocess.run([sys.executable, "-m", "specdec.cli", *args], capture_output=True, text=True,
                        env={**os.environ, "OMP_NUM_THREADS": "1"})
     return p.returncode, p.stdout, p.stderr
 
@@ -95,6 +110,89 @@ def test_distill_writes_a_draft_the_engine_uses_and_resumes(ckpt, tmp_path):
 
 
 @pytest.fixture(scope="module")
+def model_set(tmp_path_factory):
+    """(gpt.ckpt, v1 gpt.ckpt, sovits v2 .pth, voice folder): a tiny random GPT that ends its sentences by itself,
+    an upstream-saved SoVITS, and a voice made for them."""
+    from sovits_oracle import oracle_case
+    from specdec.voices import Voice
+    from upstream import randomize_
+    d = tmp_path_factory.mktemp("models")
+    paths = []
+    for vocab in (732, 512):
+        gpt = GPT(GPTConfig(n_layer=2, d_model=64, n_head=4, phoneme_vocab_size=vocab))
+        randomize_(gpt, 3, eos_bias=3.5)
+        paths.append(d / f"gpt{vocab}.ckpt")
+        torch.save(upstream_checkpoint(gpt), paths[-1])
+    g = torch.Generator().manual_seed(0)
+    Voice("ref", "a reference.", "en", "v2", torch.randint(0, 732, (12,), generator=g),
+          torch.randint(0, 1024, (40,), generator=g), None,
+          {"refer_spec": torch.rand(1025, 100, generator=g)}).save(str(d / "voice"))
+    return str(paths[0]), str(paths[1]), oracle_case("v2").path, str(d / "voice")
+
+
+def test_synth_with_a_model_set_writes_audio_and_statistics(model_set, tmp_path):
+    import soundfile as sf
+    gpt, _, sovits, voice = model_set
+    out = tmp_path / "out.wav"
+    rc, stdout, err = run("synth", "Hello there. How are you?", "--gpt", gpt, "--sovits", sovits, "--voice", voice,
+                          "--draft", "layerskip:1", "--k", "3", "--seed", "0", "--json", "-o", str(out))
+    assert rc == 0, err
+    r = json.loads(stdout)
+    for key in ("tokens", "target_passes", "gpt_tokens_per_s", "mean_acceptance_length", "acceptance_per_position",
+                "first_chunk_s", "rtf", "audio_s"):
+        assert key in r
+    assert r["tokens"] > 0 and r["target_passes"] < r["tokens"] + r["segments"] and len(r["acceptance_per_position"]) == 3
+    audio, sr = sf.read(str(out))
+    assert sr == 32000 and abs(len(audio) / sr - r["audio_s"]) < 0.01
+    rc, stdout, err = run("synth", "Hello there.", "--gpt", gpt, "--sovits", sovits, "--voice", voice, "--mode",
+                          "quality", "-o", str(tmp_path / "q.wav"))
+    assert rc == 0 and "real-time factor" in stdout, err
+
+
+def test_synth_eco_mode_runs_an_int8_gpt_and_says_it_is_lossy(model_set, tmp_path):
+    gpt, _, sovits, voice = model_set
+    common = ("Hello there.", "--gpt", gpt, "--sovits", sovits, "--voice", voice, "--seed", "0")
+    rc, stdout, err = run("synth", *common, "--mode", "eco", "--json", "-o", str(tmp_path / "e.wav"))
+    assert rc == 0 and json.loads(stdout)["lossy"], err
+    rc, stdout, err = run("synth", *common, "--mode", "eco", "-o", str(tmp_path / "e.wav"))
+    assert rc == 0 and "LOSSY" in stdout, err
+    rc, stdout, err = run("synth", *common, "--mode", "fast", "--json", "-o", str(tmp_path / "f.wav"))
+    assert rc == 0 and not json.loads(stdout)["lossy"], err
+
+
+@pytest.mark.parametrize("case,needle", [
+    ("empty", "empty"),
+    ("k0", "--k"),
+    ("no_folder", "does not exist"),
+    ("no_voice", "voice"),
+    ("half_set", "--gpt, --sovits and --voice"),
+    ("v1_gpt", "symbol-set mismatch"),
+    ("japanese", "cannot be read"),
+])
+def test_synth_bad_inputs(model_set, tmp_path, case, needle):
+    gpt, gpt_v1, sovits, voice = model_set
+    out = str(tmp_path / "out.wav")
+    text, opts = "Hello there.", ["--gpt", gpt, "--sovits", sovits, "--voice", voice]
+    if case == "empty":
+        text = "   "
+    elif case == "k0":
+        opts += ["--k", "0"]
+    elif case == "no_folder":
+        out = str(tmp_path / "missing" / "out.wav")
+    elif case == "no_voice":
+        opts[-1] = str(tmp_path / "nope")
+    elif case == "half_set":
+        opts = opts[:2]
+    elif case == "v1_gpt":
+        opts[1] = gpt_v1
+    elif case == "japanese":
+        text = "こんにちは"
+    rc, _, err = run("synth", text, *opts, "-o", out)
+    assert needle in one_error_line(rc, err)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.fixture(scope="module")
 def tiny_hubert(tmp_path_factory):
     """A one-layer HuBERT with chinese-hubert-base's widths (the SoVITS ssl_proj reads 768 channels)."""
     transformers = pytest.importorskip("transformers", reason="optional extra [hubert] not installed")
@@ -154,5 +252,7 @@ def test_corrupt_checkpoint_convert_leaves_nothing(tmp_path, ckpt):
 
 
 def test_debug_shows_the_traceback():
-    rc, _, err = run("--debug", "info", "/nope.ckpt")
+    rc, _, err = run_process("--debug", "info", "/nope.ckpt")
     assert rc != 0 and "Traceback" in err
+    rc, _, err = run_process("info", "/nope.ckpt")
+    assert "no such file" in one_error_line(rc, err)
