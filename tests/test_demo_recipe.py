@@ -105,3 +105,9 @@ def test_pair_examples_use_the_inference_layout():
                                                                                      u.tokens)
         n = e.phones.numel() - u.phones.numel()
         assert any(torch.equal(e.phones[:n], p.phones) and p.speaker == u.speaker for p in utts[:8])
+
+
+def test_incomplete_bundle_is_a_one_line_error(tmp_path):
+    from specdec.errors import SpecdecError
+    with pytest.raises(SpecdecError, match="gpt.safetensors: the demo bundle is incomplete"):
+        demo.load(str(tmp_path))
