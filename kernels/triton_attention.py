@@ -144,13 +144,16 @@ def _reduce_kernel(out_ptr, part_acc_ptr, part_m_ptr, part_l_ptr, n_head, head_d
     part = (tok * n_head + h) * NUM_SPLITS + s  # [BH, SP]
     hs_ok = (h < n_head) & (s < NUM_SPLITS)
     m = tl.load(part_m_ptr + part, mask=hs_ok, other=float("-inf"))
-    live = m > float("-inf")  # split 0 always holds key 0, so every head has a finite max
+    live = m != float("-inf")  # split 0 always holds key 0, so every head has a finite max (NaN: unwritten)
     l = tl.load(part_l_ptr + part, mask=live, other=0.0)
-    w = tl.where(live, tl.math.exp2(m - tl.max(m, 1)[:, None]), 0.0)  # [BH, SP]
+    m_max = tl.max(m, 1)
+    m_max = tl.where(m_max > float("-inf"), m_max, 0.0)  # padding heads (h >= n_head) have no live split
+    w = tl.where(live, tl.math.exp2(m - m_max[:, None]), 0.0)  # [BH, SP]
     d = tl.arange(0, BLOCK_D)
     acc = tl.load(part_acc_ptr + part[:, :, None] * BLOCK_D + d[None, None, :], mask=live[:, :, None],
                   other=0.0)  # [BH, SP, BD]
-    out = tl.sum(acc * w[:, :, None], 1) / tl.sum(l * w, 1)[:, None]  # [BH, BD]
+    l_sum = tl.sum(l * w, 1)
+    out = tl.sum(acc * w[:, :, None], 1) / tl.where(l_sum > 0.0, l_sum, 1.0)[:, None]  # [BH, BD]
     tl.store(out_ptr + tok * s_ot + h * s_oh + d[None, :] * s_od, out.to(out_ptr.dtype.element_ty),
              mask=(h < n_head) & (d[None, :] < head_dim))
 

@@ -123,6 +123,7 @@ class GPT(nn.Module):
         self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.head = Linear(d, cfg.vocab_size, bias=False)
         self.register_buffer("pe", sinusoid_table(4000, d), persistent=False)
+        self.quantization: str | None = None  # "int8": lossy block matmuls (specdec.models.int8.quantize_gpt)
 
     # ---- embeddings ---------------------------------------------------------------------------------------
     def _pe(self, positions: torch.Tensor) -> torch.Tensor:

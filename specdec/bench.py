@@ -138,9 +138,13 @@ def ar_vs_upstream(shape: str = "v2", n_tokens: int = 150, repeats: int = 5, war
 
 
 # ---- speculative sweep: every draft kind × k, against the autoregressive path (and upstream) -------------------
+ECO = "eco AR (int8 target, lossy)"
+
+
 def spec_sweep(target, drafts: dict, ks: list[int], requests: list, repeats: int = 3, warmup: int = 1,
-               upstream: bool = False, progress=None) -> dict:
-    """tokens/s and acceptance of specdec AR, upstream (optional) and every (draft, k), interleaved."""
+               upstream: bool = False, eco: bool = False, progress=None) -> dict:
+    """tokens/s and acceptance of specdec AR, upstream (optional), the int8 target alone (`eco`, lossy: its rows
+    carry lossy=True) and every (draft, k), interleaved."""
     from specdec.engine import Engine
     stats: dict[str, list] = {}
 
@@ -155,6 +159,9 @@ def spec_sweep(target, drafts: dict, ks: list[int], requests: list, repeats: int
     for dname, draft in drafts.items():
         for k in ks:
             contenders[f"{dname} k={k}"] = runner(Engine(target, draft, k=k), f"{dname} k={k}")
+    if eco:
+        from specdec.models.int8 import quantize_gpt
+        contenders[ECO] = runner(Engine(quantize_gpt(target)), ECO)
     if upstream:
         from specdec.upstream import upstream_t2s
         up = upstream_t2s(target.cfg, target.state_dict())
@@ -186,10 +193,63 @@ def spec_sweep(target, drafts: dict, ks: list[int], requests: list, repeats: int
             row.update(mean_acceptance_length=merged.mean_acceptance_length,
                        draft_acceptance_rate=merged.draft_acceptance_rate,
                        acceptance_per_position=merged.acceptance_per_position,
-                       target_passes=merged.target_passes, draft_s=merged.draft_s, verify_s=merged.verify_s)
+                       target_passes=merged.target_passes, draft_s=merged.draft_s, verify_s=merged.verify_s,
+                       lossy=merged.lossy)
         rows.append(row)
     return {"machine": machine(), "target": target.cfg.to_dict(), "ks": ks, "drafts": list(drafts),
             "n_requests": len(requests), "rows": rows}
+
+
+# ---- end to end: text → audio through the pipeline, streaming -------------------------------------------------
+BENCH_TEXTS = (  # a fixed set, none of them in the demo corpus
+    "The quick brown fox jumps over the lazy dog.",
+    "Speculative decoding makes the same speech sooner.",
+    "Please call me back before noon tomorrow.",
+    "A small draft proposes, and the full model decides.",
+)
+
+
+def end_to_end(configs: dict, voice, texts=BENCH_TEXTS, repeats: int = 3, warmup: int = 1, progress=None) -> dict:
+    """configs: name → specdec.pipeline.TTS. Every text is synthesised with streaming decode; per config the
+    medians over (repeats × texts) of time to first audio, real-time factor and each stage's seconds."""
+    from specdec.pipeline import synthesize
+    from specdec.sampling import SamplingParams
+    stats: dict[str, list] = {name: [] for name in configs}
+
+    def runner(name, tts):
+        def run() -> int:
+            n = 0
+            for i, text in enumerate(texts):
+                _, st = synthesize(text, tts, voice, streaming=True, params=SamplingParams(seed=i))
+                stats[name].append(st)
+                n += st.gpt.num_emitted_tokens
+            return n
+        return run
+    timings = run_interleaved({name: runner(name, tts) for name, tts in configs.items()}, repeats, warmup, progress)
+    rows = []
+    for name, t in timings.items():
+        runs = stats[name][warmup * len(texts):]
+        med = {key: statistics.median(getattr(st, key) for st in runs)
+               for key in ("first_chunk_s", "rtf", "gpt_tokens_per_s", "frontend_s", "gpt_s", "decode_s", "audio_s")}
+        gpt = runs[0].gpt
+        for st in runs[1:]:
+            gpt = gpt.merge(st.gpt)
+        rows.append({"name": name, **med, "mean_acceptance_length": gpt.mean_acceptance_length if gpt.num_drafts
+                     else None, "acceptance_per_position": gpt.acceptance_per_position})
+    return {"machine": machine(), "texts": list(texts), "voice": voice.name, "rows": rows}
+
+
+def markdown_e2e(res: dict) -> str:
+    m = res["machine"]
+    lines = [f"End to end (text → 16/32 kHz audio, streaming), voice {res['voice']}, {len(res['texts'])} sentences, "
+             f"{m['cpu']} ({m['cores']} cores), {m['date']}", "",
+             "| config | first audio (s) | real-time factor | GPT tok/s | front-end / GPT / decoder s per sentence "
+             "| mean acceptance length |", "|---|---|---|---|---|---|"]
+    for r in res["rows"]:
+        mal = f"{r['mean_acceptance_length']:.2f}" if r["mean_acceptance_length"] else "–"
+        lines.append(f"| {r['name']} | {r['first_chunk_s']:.3f} | {r['rtf']:.3f} | {r['gpt_tokens_per_s']:.1f} | "
+                     f"{r['frontend_s']:.3f} / {r['gpt_s']:.3f} / {r['decode_s']:.3f} | {mal} |")
+    return "\n".join(lines) + "\n"
 
 
 def markdown_table(res: dict) -> str:
@@ -200,7 +260,7 @@ def markdown_table(res: dict) -> str:
     for r in res["rows"]:
         acc = " ".join(f"{a:.2f}" for a in r.get("acceptance_per_position", []))
         mal = f"{r['mean_acceptance_length']:.2f}" if "mean_acceptance_length" in r and acc else "–"
-        lines.append(f"| {r['name']} | {r['tokens_per_s_median']:.1f} | {r['tokens_per_s_q1']:.1f}–"
+        lines.append(f"| {r['name']}{' **LOSSY**' if r.get('lossy') else ''} | {r['tokens_per_s_median']:.1f} | {r['tokens_per_s_q1']:.1f}–"
                      f"{r['tokens_per_s_q3']:.1f} | {r['speedup_vs_AR']:.2f} | {mal} | {acc or '–'} |")
     return "\n".join(lines) + "\n"
 
@@ -218,6 +278,8 @@ def plots(res: dict, outdir: str) -> list[str]:
         ax.plot(ks, [rows[f"{d} k={k}"]["speedup_vs_AR"] for k in ks], marker="o", label=d)
     if "upstream infer_panel_naive" in rows:
         ax.axhline(rows["upstream infer_panel_naive"]["speedup_vs_AR"], color="grey", ls="--", label="upstream")
+    if ECO in rows:
+        ax.axhline(rows[ECO]["speedup_vs_AR"], color="tab:red", ls=":", label="eco (int8 target, lossy)")
     ax.axhline(1.0, color="black", lw=0.8)
     ax.set(xlabel="draft tokens per round (k)", ylabel="GPT tokens/s ÷ specdec AR", title="Speedup vs k")
     ax.legend()
@@ -239,3 +301,134 @@ def plots(res: dict, outdir: str) -> list[str]:
     fig.savefig(paths[-1], dpi=120)
     plt.close(fig)
     return paths
+
+
+# ---- int8: cost per step, distance to fp32 ---------------------------------------------------------------------
+def _fp32_copy(gpt):
+    """The same model forced onto the fp32 GEMM (the fp16-weight GEMM switched off)."""
+    import copy
+
+    from specdec.models.linear import Linear
+    out = copy.deepcopy(gpt)
+    for m in out.modules():
+        if isinstance(m, Linear):
+            m.allow_fp16_gemm = False
+    return out
+
+
+def _torchao_block_linears(gpt, config_name: str):
+    """nn.Linear copies of the block matmuls quantised by torchao (for comparison only; None if not installed)."""
+    try:
+        import torchao
+        from torchao import quantization as tq
+    except ImportError:
+        return None, None
+    lins = []
+    for b in gpt.layers:
+        for m in (b.qkv, b.out, b.ffn_in, b.ffn_out):
+            lin = torch.nn.Linear(m.in_features, m.out_features)
+            with torch.no_grad():
+                lin.weight.copy_(m.weight)
+                lin.bias.copy_(m.bias)
+            tq.quantize_(lin, getattr(tq, config_name)())
+            lins.append(lin)
+    return lins, torchao.__version__
+
+
+def step_costs(shape: str = "v2", rows: tuple[int, ...] = (1, 5), context: int = 300, repeats: int = 15,
+               progress=None) -> dict:
+    """ms per step at n query rows of one sequence: the 96 block matmuls alone (distinct weights per layer, as the
+    real model has) and a whole target pass over `context` cached tokens, for fp32, the exact fp16-weight GEMM,
+    int8 (specdec.models.int8), FBGEMM int8 with one scale per call (no row-wise scaling) and, when installed,
+    torchao's int8 configs. Medians of interleaved repeats."""
+    import warnings
+
+    from specdec.cache import PagePool
+    from specdec.kernels import AttentionMetadata
+    from specdec.models.int8 import _pack, quantize_gpt
+    exact = random_target(shape)
+    models = {"fp32": _fp32_copy(exact), "fp16-exact": exact, "int8": quantize_gpt(exact)}
+    cfg = exact.cfg
+    xs = {n: {d: torch.randn(n, d) for d in (cfg.d_model, cfg.d_ff)} for n in rows}
+
+    def block_linears(gpt):
+        return [m for b in gpt.layers for m in (b.qkv, b.out, b.ffn_in, b.ffn_out)]
+
+    def matmuls(fns, n):
+        x = xs[n]
+
+        def run():
+            for f, d in fns:
+                f(x[d])
+        return run
+
+    fbgemm = [(lambda x, p=_pack(m.weight.detach().contiguous(), m.bias.detach()):
+               torch.ops.quantized.linear_dynamic(x, p, True), m.in_features) for m in block_linears(exact)]
+    contenders, versions = {}, {}
+    for n in rows:
+        for name, gpt in models.items():
+            contenders[f"{name} matmuls n={n}"] = matmuls([(m, m.in_features) for m in block_linears(gpt)], n)
+        contenders[f"fbgemm int8 one scale per call matmuls n={n}"] = matmuls(fbgemm, n)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for cfg_name in ("Int8WeightOnlyConfig", "Int8DynamicActivationInt8WeightConfig"):
+            lins, version = _torchao_block_linears(exact, cfg_name)
+            if lins is not None:
+                versions["torchao"] = version
+                for n in rows:
+                    contenders[f"torchao {cfg_name} matmuls n={n}"] = matmuls([(m, m.in_features) for m in lins], n)
+    page = 64
+    pool = PagePool(-(-(context + max(rows)) // page), page)
+    kv = pool.new_kv(cfg.n_layer, cfg.n_head, cfg.head_dim)
+    blocks = list(range(pool.num_blocks))
+    for n in rows:
+        meta = AttentionMetadata([n], [context + n], [70], [blocks], page)
+        x = torch.randn(n, cfg.d_model)
+        for name, gpt in models.items():
+            contenders[f"{name} target pass n={n}"] = (lambda g=gpt, m=meta, x=x: g.logits(g(x, m, kv)))
+    with torch.inference_mode():
+        with torch.no_grad():
+            models["fp32"](torch.randn(context, cfg.d_model), AttentionMetadata([context], [context], [70], [blocks],
+                                                                               page), kv)  # fill the cache
+        timings = run_interleaved({k: (lambda f=f: f() is None or 1) for k, f in contenders.items()}, repeats, 2, progress)
+    ms = {k: 1e3 * statistics.median(t.seconds) for k, t in timings.items()}
+    iqr = {k: [1e3 * q for q in statistics.quantiles(t.seconds, n=4)[::2]] for k, t in timings.items()}
+    return {"machine": machine(), "shape": shape, "context": context, "rows": list(rows), "repeats": repeats,
+            "versions": versions, "ms_median": ms, "ms_iqr": iqr}
+
+
+def int8_distance(shape: str = "v2", n_tokens: int = 150, top_k: int = 15) -> dict:
+    """Total-variation distance between the fp32 (exact) and int8 next-token distributions at every position of
+    one generated sequence (teacher-forced through both): raw softmax and the top-k renormalised one."""
+    import specdec
+    from specdec.models.gpt import prefix_lm_mask
+    from specdec.models.int8 import quantize_gpt
+    exact = random_target(shape)
+    q = quantize_gpt(exact)
+    phones, prompt = fixed_request(phoneme_vocab_size=exact.cfg.phoneme_vocab_size)
+    out = specdec.generate(exact, phones, prompt, top_k=top_k, max_new_tokens=n_tokens, seed=0).tokens
+    y = torch.cat([prompt, out])
+    with torch.inference_mode():
+        def dists(gpt):
+            x = torch.cat([gpt.embed_text(phones), gpt.embed_audio(y, torch.arange(len(y)))])[None]
+            T = x.shape[1]
+            h = gpt.forward_dense(x, prefix_lm_mask(torch.tensor([phones.numel()]), torch.tensor([T]), T))[0]
+            return gpt.logits(h[phones.numel() + prompt.numel() - 1:])  # [n_tokens + 1, V]: every generated step
+
+        a, b = dists(exact), dists(q)
+
+    def tv(la, lb):
+        return 0.5 * (la.softmax(-1) - lb.softmax(-1)).abs().sum(-1)
+
+    def topk_logits(lg):
+        kth = lg.topk(top_k, -1).values[:, -1:]
+        return lg.masked_fill(lg < kth, float("-inf"))
+
+    def summary(t):
+        return {"mean": float(t.mean()), "median": float(t.median()), "p90": float(t.quantile(0.9)),
+                "max": float(t.max())}
+
+    return {"machine": machine(), "shape": shape, "positions": a.shape[0], "weights": "random, fp16-exact",
+            "tv_softmax": summary(tv(a, b)), f"tv_top{top_k}": summary(tv(topk_logits(a), topk_logits(b))),
+            "argmax_agreement": float((a.argmax(-1) == b.argmax(-1)).float().mean()),
+            "max_prob_fp32_median": float(a.softmax(-1).amax(-1).median())}

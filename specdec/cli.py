@@ -1,4 +1,4 @@
-"""`specdec` command line: synth, bench, convert, info, voice create.
+"""`specdec` command line: synth, bench, distill, convert, info, voice create.
 
 Every user error is one line on stderr and a non-zero exit; `--debug` shows the traceback instead.
 """
@@ -17,6 +17,8 @@ EXIT_USER_ERROR = 2
 MODES = {  # presets; explicit options override them
     "quality": dict(draft=None, stream=False),  # the full decoder, offline, no speculation needed
     "fast": dict(draft="default", stream=True),  # speculation + streaming (+ the bundle's fast decoder)
+    # fast + the GPT's block matmuls in int8: LOSSY, tokens follow an approximation of the model (labelled as such)
+    "eco": dict(draft="default", stream=True, quantize=True),
 }
 
 
@@ -24,13 +26,14 @@ def _add_synth(sub) -> None:
     p = sub.add_parser("synth", help="text → speech; prints acceptance statistics",
                        description="Synthesise TEXT. With no model options the bundled demo voice speaks. "
                                    "--mode presets: quality = no speculation, offline decode; fast = the "
-                                   "bundle's draft + streaming decode. Explicit options override a preset.")
+                                   "bundle's draft + streaming decode; eco = fast with an int8 GPT (lossy: the output is labelled so). "
+                                   "Explicit options override a preset.")
     p.add_argument("text")
     p.add_argument("-o", "--out", default="out.wav", help="output wav (written only when synthesis succeeds)")
     p.add_argument("--gpt", help="GPT file (upstream .ckpt or specdec .safetensors)")
     p.add_argument("--sovits", help="SoVITS file (upstream .pth or specdec .safetensors)")
     p.add_argument("--voice", help="voice folder (specdec voice create), or a built-in speaker's name")
-    p.add_argument("--draft", help="GPT file, layerskip:N, ngram or none")
+    p.add_argument("--draft", help="GPT file, layerskip:N, int8[:N] (an int8 copy of the GPT), ngram or none")
     p.add_argument("--k", type=int, default=None, help="drafts per round (default 4)")
     p.add_argument("--adaptive", action="store_true", help="pick k per round from observed acceptance")
     p.add_argument("--top-k", type=int, default=15)
@@ -52,7 +55,7 @@ def _resolve_draft(spec, bundle_draft):
         return bundle_draft
     if spec == "none":
         return None
-    return spec  # a path, layerskip:N or ngram (the engine resolves and validates it)
+    return spec  # a path, layerskip:N, int8[:N] or ngram (the engine resolves and validates it)
 
 
 def cmd_synth(args) -> None:
@@ -69,6 +72,9 @@ def cmd_synth(args) -> None:
     if not os.path.isdir(out_dir):
         raise SpecdecError(f"{args.out}: the folder {out_dir} does not exist")
     gpt, decoder, frontend, voice, bundle_draft = _load_models(args)
+    if preset.get("quantize"):
+        from specdec.models.int8 import quantize_gpt
+        gpt = quantize_gpt(gpt)
     draft = _resolve_draft(args.draft if args.draft is not None else preset["draft"], bundle_draft)
     stream = preset["stream"] if args.stream is None else args.stream
     tts = TTS(gpt, decoder, frontend, draft=draft, k=args.k or 4, adaptive=args.adaptive)
@@ -115,7 +121,7 @@ def _print_synth_table(r: dict) -> None:
     from rich.table import Table
     t = Table(title=f"specdec synth → {r['out']}", show_header=False)
     acc = " ".join(f"{a:.2f}" for a in r["acceptance_per_position"]) or "–"
-    rows = [("voice / mode", f"{r['voice']} / {r['mode']}"),
+    rows = [("voice / mode", f"{r['voice']} / {r['mode']}" + (" (LOSSY: int8 GPT)" if r["lossy"] else "")),
             ("draft", f"{r['draft']}" + (f" (k={r['k']})" if r["k"] else "")),
             ("tokens generated", f"{r['tokens']}"),
             ("target forward passes", f"{r['target_passes']}"),
@@ -133,18 +139,22 @@ def _print_synth_table(r: dict) -> None:
 
 
 def _add_bench(sub) -> None:
-    p = sub.add_parser("bench", help="GPT tokens/s: AR vs every draft kind and a k sweep (vs upstream if installed)")
+    p = sub.add_parser("bench", help="GPT tokens/s: AR vs every draft kind and a k sweep (vs upstream if installed); "
+                                     "end-to-end first-audio time and real-time factor on the demo voice")
     p.add_argument("--shape", choices=["v2", "v1", "s1"], default=None,
                    help="time a real upstream shape with random weights (cost only: acceptance is meaningless)")
     p.add_argument("--gpt", help="target GPT file (upstream .ckpt or specdec .safetensors)")
+    p.add_argument("--demo", action="store_true",
+                   help="the bundled demo voice (the default): real sentences, its draft, plus end-to-end figures")
     p.add_argument("--draft", action="append", default=None,
-                   help="draft to sweep: a GPT file, layerskip:N or ngram (repeatable)")
+                   help="draft to sweep: a GPT/EAGLE file, layerskip:N, int8[:N], ngram or bundle (repeatable)")
     p.add_argument("--k", default="2,4,6,8", help="comma-separated draft lengths to sweep")
     p.add_argument("--tokens", type=int, default=150, help="max new tokens per request")
     p.add_argument("--requests", type=int, default=2, help="requests in the fixed set")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--no-upstream", action="store_true", help="skip upstream infer_panel_naive")
+    p.add_argument("--eco", action="store_true", help="also time the int8 target alone (eco mode, lossy)")
     p.add_argument("-o", "--out", default="bench/results", help="folder for JSON, Markdown and PNG plots")
     p.set_defaults(func=cmd_bench)
 
@@ -159,28 +169,58 @@ def cmd_bench(args) -> None:
     from specdec.models.checkpoint import load_gpt
     from specdec.sampling import SamplingParams
     ks = _int_list(args.k, "--k")
-    if (args.shape is None) == (args.gpt is None):
-        raise SpecdecError("give exactly one of --shape (random weights) or --gpt FILE")
-    target = bench.random_target(args.shape) if args.shape else load_gpt(args.gpt)
-    drafts = {d: (d if d == "ngram" or d.startswith("layerskip:") else load_gpt(d))
-              for d in (args.draft or (["layerskip:4", "layerskip:8", "ngram"] if args.shape else ["ngram"]))}
-    params = SamplingParams(max_new_tokens=args.tokens, seed=0)
-    requests = [Request(*bench.fixed_request(phoneme_vocab_size=target.cfg.phoneme_vocab_size, seed=i),
-                        params=SamplingParams(**{**params.__dict__, "seed": i})) for i in range(args.requests)]
+    if (args.shape is not None) + (args.gpt is not None) + args.demo > 1:
+        raise SpecdecError("give at most one of --shape (random weights), --gpt FILE or --demo (the default)")
+    params = dict(max_new_tokens=args.tokens)
+    bundle = None
+    if args.shape or args.gpt:
+        target = bench.random_target(args.shape) if args.shape else load_gpt(args.gpt)
+        default_drafts = ["layerskip:4", "layerskip:8", "int8", "ngram"] if args.shape else ["ngram"]
+        requests = [Request(*bench.fixed_request(phoneme_vocab_size=target.cfg.phoneme_vocab_size, seed=i),
+                            params=SamplingParams(seed=i, **params)) for i in range(args.requests)]
+        tag = args.shape or os.path.splitext(os.path.basename(args.gpt))[0]
+    else:
+        from specdec import demo
+        bundle = demo.load()
+        target, voice = bundle.gpt, bundle.voice(None)
+        default_drafts = ["bundle", f"layerskip:{max(1, target.cfg.n_layer // 2)}", "int8", "ngram"]
+        requests = []
+        for i, text in enumerate(bench.BENCH_TEXTS[:args.requests]):
+            phones, _ = bundle.frontend.phones(text, voice.language)
+            requests.append(Request(torch.cat([voice.phones, phones]), voice.tokens,
+                                    params=SamplingParams(seed=i, **params)))
+        tag = "demo"
+    drafts = {}
+    for d in args.draft or default_drafts:
+        if d == "bundle":
+            if bundle is None or bundle.draft is None:
+                raise SpecdecError("--draft bundle needs the demo bundle (--demo)")
+            drafts["demo draft"] = bundle.draft
+        else:
+            drafts[d] = d  # layerskip:N, ngram[:N] or a file: the engine resolves and validates it
     upstream = not args.no_upstream and _upstream_importable()
-    n_configs = 1 + len(drafts) * len(ks) + upstream
+    n_configs = 1 + len(drafts) * len(ks) + upstream + args.eco
     console = Console(stderr=True)
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task("bench", total=n_configs * (args.repeats + args.warmup))
 
         def step(msg: str) -> None:
             progress.update(task, advance=1, description=msg)
-        res = bench.spec_sweep(target, drafts, ks, requests, args.repeats, args.warmup, upstream, step)
+        res = bench.spec_sweep(target, drafts, ks, requests, args.repeats, args.warmup, upstream, args.eco, step)
+        if bundle is not None:  # end to end: AR against the fastest exact configuration, both streaming
+            from specdec.pipeline import TTS
+            best = max((r for r in res["rows"] if " k=" in r["name"]), key=lambda r: r["speedup_vs_AR"])
+            dname, k = best["name"].rsplit(" k=", 1)
+            configs = {"AR": TTS(target, bundle.decoder, bundle.frontend),
+                       best["name"]: TTS(target, bundle.decoder, bundle.frontend, draft=drafts[dname], k=int(k))}
+            task = progress.add_task("end to end", total=len(configs) * (args.repeats + args.warmup))
+            res["end_to_end"] = bench.end_to_end(configs, voice, bench.BENCH_TEXTS[:args.requests], args.repeats,
+                                                 args.warmup, lambda m: progress.update(task, advance=1, description=m))
     os.makedirs(args.out, exist_ok=True)
-    tag = args.shape or os.path.splitext(os.path.basename(args.gpt))[0]
-    res["source"] = {"shape": args.shape, "gpt": args.gpt, "drafts": list(drafts), "tokens": args.tokens}
+    res["source"] = {"shape": args.shape, "gpt": args.gpt or ("demo" if bundle else None), "drafts": list(drafts),
+                     "tokens": args.tokens}
     bench.write_json(os.path.join(args.out, f"bench_{tag}.json"), res)
-    md = bench.markdown_table(res)
+    md = bench.markdown_table(res) + ("\n" + bench.markdown_e2e(res["end_to_end"]) if "end_to_end" in res else "")
     with open(os.path.join(args.out, f"bench_{tag}.md"), "w") as f:
         f.write(md)
     outdir = os.path.join(args.out, f"bench_{tag}")
@@ -188,7 +228,6 @@ def cmd_bench(args) -> None:
     pngs = bench.plots(res, outdir)
     Console().print(md)
     console.print(f"wrote {os.path.join(args.out, f'bench_{tag}.json')}, .md and {', '.join(pngs)}")
-    del torch
 
 
 def _upstream_importable() -> bool:
@@ -198,6 +237,94 @@ def _upstream_importable() -> bool:
         return True
     except (SpecdecError, ImportError):
         return False
+
+
+def _add_distill(sub) -> None:
+    p = sub.add_parser("distill", help="train a draft on the target's own warped distributions (resumable)",
+                       description="The target generates a sequence for every line of --texts (upstream default "
+                                   "sampling, prompted by --voice if given); a draft then learns the target's warped "
+                                   "next-token distribution on them (KL). The last 10%% of lines are held out; "
+                                   "acceptance on them is reported before and after. Re-running resumes.")
+    p.add_argument("--target", required=True, help="target GPT file (upstream .ckpt or specdec .safetensors)")
+    p.add_argument("--texts", required=True, help="UTF-8 file, one sentence per line (≥ 10 lines)")
+    p.add_argument("--kind", choices=["gpt", "eagle"], default="eagle",
+                   help="gpt: a small GPT of its own; eagle: a head fed the target's hidden states")
+    p.add_argument("--layers", type=int, default=1)
+    p.add_argument("--width", type=int, default=None, help="gpt drafts: width (default: the target's)")
+    p.add_argument("--steps", type=int, default=1000)
+    p.add_argument("--voice", help="voice folder (or a demo speaker's name) whose prompt the target continues")
+    p.add_argument("--language", default="en")
+    p.add_argument("--max-tokens", type=int, default=500, help="cap on each generated sequence")
+    p.add_argument("--work-dir", default=None, help="checkpoints and generated data (default: OUT.work/)")
+    p.add_argument("-o", "--out", required=True)
+    p.set_defaults(func=cmd_distill)
+
+
+def cmd_distill(args) -> None:
+    import torch
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from specdec import distill
+    from specdec.engine import Engine, Request
+    from specdec.models.checkpoint import load_gpt
+    from specdec.models.text import Frontend
+    from specdec.sampling import SamplingParams
+    if args.layers < 1 or (args.width is not None and args.width < 8) or args.steps < 1:
+        raise SpecdecError("--layers and --steps must be ≥ 1 and --width ≥ 8")
+    if not os.path.isfile(args.texts):
+        raise SpecdecError(f"{args.texts}: no such file")
+    with open(args.texts, encoding="utf-8") as f:
+        texts = [line.strip() for line in f if line.strip()]
+    if len(texts) < 10:
+        raise SpecdecError(f"{args.texts}: {len(texts)} sentences; distillation needs at least 10")
+    target = load_gpt(args.target)
+    frontend = Frontend("v1" if target.cfg.phoneme_vocab_size == 512 else "v2")
+    voice = _voice(args.voice) if args.voice else None
+    work = args.work_dir or args.out + ".work"
+    os.makedirs(work, exist_ok=True)
+    console = Console(stderr=True)
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    data_path = os.path.join(work, "examples.pt")
+    if os.path.exists(data_path):  # resume: the target's sequences are generated once
+        examples = [distill.Example(**e) for e in torch.load(data_path, weights_only=True)]
+    else:
+        examples = []
+        engine = Engine(target)
+        with Progress(*columns, console=console, transient=True) as progress:
+            task = progress.add_task("target generates", total=len(texts))
+            for i in range(0, len(texts), 8):
+                reqs = []
+                for j, text in enumerate(texts[i:i + 8]):
+                    phones, _ = frontend.phones(text, args.language)
+                    if voice is not None:
+                        phones = torch.cat([voice.phones, phones])
+                    reqs.append(Request(phones, voice.tokens if voice is not None else None,
+                                        params=SamplingParams(seed=i + j, max_new_tokens=args.max_tokens)))
+                for r, o in zip(reqs, engine.generate(reqs)):
+                    prompt = r.prompt if r.prompt is not None else torch.zeros(0, dtype=torch.long)
+                    examples.append(distill.Example(r.phones, torch.cat([prompt, o.tokens])))
+                progress.advance(task, len(reqs))
+        torch.save([{"phones": e.phones, "tokens": e.tokens} for e in examples], data_path)
+    n_held = max(1, len(examples) // 10)
+    cfg = distill.DistillConfig(kind=args.kind, n_layer=args.layers, d_model=args.width, steps=args.steps)
+    with Progress(*columns, TextColumn("loss {task.fields[loss]:.3f}"), console=console, transient=True) as progress:
+        task = progress.add_task(f"distilling {args.kind}", total=args.steps, loss=float("nan"))
+        report = distill.distill(target, examples[:-n_held], examples[-n_held:], args.out, work, cfg,
+                                 progress=lambda step, total, loss: progress.update(task, completed=step, loss=loss))
+    b, a = report["alpha_before"], report["alpha_after"]
+    Console().print(f"wrote {args.out} ({args.kind}, {args.layers} layer(s)): held-out acceptance α "
+                    f"{b[0]:.3f} → {a[0]:.3f} at draft step 1, {b[1]:.3f} → {a[1]:.3f} at step 2 "
+                    f"({report['steps']} steps, {len(examples) - n_held} train / {n_held} held-out sequences)")
+
+
+def _voice(spec: str):
+    """A voice folder, or the name of one of the demo bundle's speakers."""
+    from specdec.voices import Voice
+    if os.path.isdir(spec):
+        return Voice.load(spec)
+    from specdec import demo
+    return demo.load().voice(spec)
 
 
 def _add_convert(sub) -> None:
@@ -344,7 +471,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap = _Parser(prog="specdec", description="Exact speculative decoding for GPT-SoVITS.")
     ap.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = ap.add_subparsers(dest="command", required=True)
-    for add in (_add_synth, _add_bench, _add_convert, _add_info, _add_voice):
+    for add in (_add_synth, _add_bench, _add_distill, _add_convert, _add_info, _add_voice):
         add(sub)
     return ap
 

@@ -5,6 +5,8 @@
                target's, written once into the target's own pages, and verification starts at layer N from the
                draft's hidden states;
   ngram        prompt lookup over the sequence's own history (prompt + generated); deterministic, q one-hot;
+  int8[:N]     an int8 copy of the target (of its first N layers + head) with its own pages (specdec.models.int8):
+               lossy weights, exact output, and near-full acceptance when N is the whole depth;
   eagle        a feature-level draft (specdec.models.eagle): one or two blocks fed the target's previous hidden
                state with the current token, sharing the target's embeddings and head.
 
@@ -285,7 +287,8 @@ def lookup(history: list[int], k: int, max_ngram: int) -> list[int]:
 
 
 def make_drafter(draft, target: GPT) -> Drafter | None:
-    """None | Drafter | GPT | EagleDraft | path to either | "layerskip:N" | "ngram" | "ngram:N" → a Drafter."""
+    """None | Drafter | GPT | EagleDraft | path to either | "layerskip:N" | "int8" | "int8:N" | "ngram" | "ngram:N"
+    → a Drafter. A quantised GPT (specdec.models.int8.quantize_gpt) drafts like any other."""
     if draft is None or isinstance(draft, Drafter):
         return draft
     from specdec.models.eagle import EagleDraft, is_eagle_file, load_eagle
@@ -298,10 +301,13 @@ def make_drafter(draft, target: GPT) -> Drafter | None:
         try:
             if kind == "layerskip":
                 return LayerSkipDrafter(target, int(arg))
+            if kind == "int8":
+                from specdec.models.int8 import quantize_gpt
+                return GPTDrafter(quantize_gpt(target, int(arg) if arg else None), target)
             if kind == "ngram":
                 return NgramDrafter(target.cfg.vocab_size, int(arg) if arg else 3)
         except ValueError:
-            raise SpecdecError(f"bad draft spec {draft!r}: expected layerskip:N or ngram[:N]") from None
+            raise SpecdecError(f"bad draft spec {draft!r}: expected layerskip:N, int8[:N] or ngram[:N]") from None
         from specdec.models.checkpoint import load_gpt
         if is_eagle_file(draft):
             return EagleDrafter(load_eagle(draft, target.cfg), target)

@@ -187,7 +187,9 @@ class Engine:
         if k < 0 or (k and self.drafter is None):
             raise SpecdecError(f"k = {k} drafts per round needs k >= 0 and a draft")
         prompt_len = 0 if r.prompt is None else r.prompt.numel()
-        return Sequence(r, BlockTable(self.pool), r.phones.numel(), prompt_len, k, g, seen)
+        s = Sequence(r, BlockTable(self.pool), r.phones.numel(), prompt_len, k, g, seen)
+        s.stats.lossy = self.target.quantization is not None
+        return s
 
     # ---- prefill: text (bidirectional) + prompt (causal), then the first token -------------------------------
     def _prefill(self, seqs: list[Sequence]) -> None:

@@ -81,7 +81,7 @@ class SynthStats:
                 "num_accepted_tokens": g.num_accepted_tokens, "draft_s": g.draft_s, "verify_s": g.verify_s,
                 "prefill_s": g.prefill_s, "first_chunk_s": self.first_chunk_s, "rtf": self.rtf,
                 "audio_s": self.audio_s, "segments": self.segments, "frontend_s": self.frontend_s,
-                "gpt_s": self.gpt_s, "decode_s": self.decode_s, "wall_s": self.wall_s}
+                "gpt_s": self.gpt_s, "decode_s": self.decode_s, "wall_s": self.wall_s, "lossy": g.lossy}
 
 
 def _check_voice(tts: TTS, voice: Voice) -> None:

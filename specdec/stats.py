@@ -16,6 +16,7 @@ class SpecStats:
     draft_s: float = 0.0
     verify_s: float = 0.0
     wall_s: float = 0.0
+    lossy: bool = False  # the target ran quantised (eco mode): tokens follow an approximation of the model
 
     def record_round(self, num_drafted: int, num_accepted: int, num_emitted: int) -> None:
         self.num_emitted_tokens += num_emitted
@@ -51,7 +52,9 @@ class SpecStats:
         out = SpecStats()
         for name, value in asdict(self).items():
             theirs = getattr(other, name)
-            if isinstance(value, list):
+            if isinstance(value, bool):
+                setattr(out, name, value or theirs)
+            elif isinstance(value, list):
                 n = max(len(value), len(theirs))
                 value = [a + b for a, b in zip(value + [0] * (n - len(value)), theirs + [0] * (n - len(theirs)))]
                 setattr(out, name, value)

@@ -84,7 +84,7 @@ def pair_examples(train: list, test: list, seed: int = 0) -> tuple[list, list]:
     of its speaker; held out: each test sentence prompted as in `gpt_train.held_out_pairs`."""
     import random
 
-    from specdec.eagle_train import Example
+    from specdec.distill import Example
     from specdec.gpt_train import held_out_pairs, pair
     rng = random.Random(seed)
     by_speaker = defaultdict(list)

@@ -74,6 +74,12 @@ class Voice:
                    tensors["tokens"].long(), tensors.get("bert"), cond, info.get("meta", {}))
 
 
+def _with_final_stop(text: str, language: str) -> str:
+    """Upstream ends a reference transcript that lacks a final stop with "." (English) or "。" before reading it."""
+    from specdec.models.text.split import SPLITS
+    return text if text[-1] in SPLITS else text + ("." if language == "en" else "。")
+
+
 def _write_text(path: str, text: str) -> None:
     with open(path, "w", encoding="utf-8") as f:
         f.write(text)
@@ -96,7 +102,7 @@ def create_sovits_voice(ref_wav: str, text: str, language: str, frontend, sovits
                                "pretrained_eres2netv2w24s4ep4.ckpt (upstream's pretrained_models/sv/)")
         cond["sv_emb"] = speaker_embedding(load_sv_model(sv_ckpt), ref.wav32k)
     tokens = prompt_tokens_from_file(sovits, load_hubert(hubert_dir), ref_wav)
-    phones, bert = frontend.phones(text, language)
+    phones, bert = frontend.phones(_with_final_stop(text.strip(), language), language)
     return Voice(name or os.path.splitext(os.path.basename(ref_wav))[0], text, language, frontend.symbol_version,
                  phones, tokens, bert, cond, {"source": os.path.basename(ref_wav), "decoder": "sovits",
                                               "sovits_version": sovits.cfg.version})

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from specdec import corpus, demo, voicebuild
-from specdec.eagle_train import EagleTrainConfig, train_eagle
+from specdec.distill import DistillConfig, distill
 from specdec.engine import Engine, Request
 from specdec.gpt_train import GPTTrainConfig, held_out_pairs, train_gpt
 from specdec.models.checkpoint import save_gpt
@@ -70,8 +70,8 @@ def test_tiny_recipe_end_to_end(tmp_path):
     bundle.mkdir()
     save_gpt(gpt, str(bundle / "gpt.safetensors"), dtype=torch.float16)
 
-    report = train_eagle(gpt, *voicebuild.pair_examples(train, test), str(bundle / "draft.safetensors"),
-                         str(work / "draft"), EagleTrainConfig(steps=10, warmup=2, batch_tokens=1500))
+    report = distill(gpt, *voicebuild.pair_examples(train, test), str(bundle / "draft.safetensors"),
+                     str(work / "draft"), DistillConfig(steps=10, warmup=2, batch_tokens=1500))
     assert report["steps"] == 10
 
     save_fast_decoder(TokenToMel(FastDecoderConfig(vocab_size=16, dim=32, token_layers=1, frame_layers=1,

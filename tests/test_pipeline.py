@@ -93,3 +93,29 @@ def test_wav_written_whole_or_not_at_all(tmp_path):
     with pytest.raises(Exception):
         write_wav(str(tmp_path / "no" / "b.wav"), np.zeros(10, np.float32), 32000)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.wav"]
+
+
+def test_end_to_end_bench_reports_every_stage(tts, voice):
+    """The harness's end-to-end section: AR and a speculative config, interleaved, per-stage medians."""
+    from specdec import bench
+    ar = TTS(tts.gpt, tts.decoder, tts.frontend)
+    res = bench.end_to_end({"AR": ar, "layerskip:1 k=3": tts}, voice, texts=("Hello there.", "Good day."),
+                           repeats=1, warmup=0)
+    rows = {r["name"]: r for r in res["rows"]}
+    assert set(rows) == {"AR", "layerskip:1 k=3"}
+    for r in rows.values():
+        assert 0 < r["first_chunk_s"] and r["rtf"] > 0 and r["audio_s"] > 0 and r["gpt_tokens_per_s"] > 0
+        assert r["gpt_s"] > 0 and r["decode_s"] > 0 and r["frontend_s"] >= 0
+    assert rows["AR"]["mean_acceptance_length"] is None
+    assert 1.0 <= rows["layerskip:1 k=3"]["mean_acceptance_length"] <= 4.0
+    assert "| layerskip:1 k=3 |" in bench.markdown_e2e(res)
+
+
+def test_an_int8_gpt_is_labelled_lossy(tts, voice):
+    import dataclasses
+
+    from specdec.models.int8 import quantize_gpt
+    params = SamplingParams(max_new_tokens=20, seed=1)
+    eco = dataclasses.replace(tts, gpt=quantize_gpt(tts.gpt))  # what `specdec synth --mode eco` runs
+    assert synthesize("Hello.", eco, voice, params=params)[1].to_dict()["lossy"]
+    assert not synthesize("Hello.", tts, voice, params=params)[1].to_dict()["lossy"]

@@ -102,17 +102,17 @@ def step_draft(args) -> None:
     import torch
 
     from specdec import voicebuild
-    from specdec.eagle_train import EagleTrainConfig, train_eagle
+    from specdec.distill import DistillConfig, distill
     from specdec.models.checkpoint import load_gpt
     torch.set_num_threads(1)
     train, test = _utterances(args)
     target = load_gpt(os.path.join(args.data, "gpt.safetensors"))
-    cfg = EagleTrainConfig(n_layer=args.draft_layers, steps=args.draft_steps, checkpoint_every=25)
+    cfg = DistillConfig(kind="eagle", n_layer=args.draft_layers, steps=args.draft_steps, checkpoint_every=25)
     with _progress() as p:
         task = p.add_task("draft", total=cfg.steps)
-        report = train_eagle(target, *voicebuild.pair_examples(train, test), os.path.join(args.data, "draft.safetensors"),
-                             os.path.join(args.data, "ckpt", "draft"), cfg,
-                             progress=lambda i, n, kl: p.update(task, completed=i, description=f"draft KL {kl:.3f}"))
+        report = distill(target, *voicebuild.pair_examples(train, test), os.path.join(args.data, "draft.safetensors"),
+                         os.path.join(args.data, "ckpt", "draft"), cfg,
+                         progress=lambda i, n, kl: p.update(task, completed=i, description=f"draft KL {kl:.3f}"))
     with open(os.path.join(args.data, "draft_report.json"), "w") as f:
         json.dump(report, f, indent=1)
     console.print(f"draft: held-out α (step 1 / step 2) {report['alpha_before']} → {report['alpha_after']}")

@@ -9,7 +9,10 @@ the voice reference:
 - gt-mel: the utterance's true log-mel through the same Griffin-Lim (the vocoder's ceiling);
 - lookup: per-token mean of speaker-normalised mel over the training set, de-normalised by the reference (no
   trained network: option (a), "centroid mel");
-- model: the trained FastDecoder (option (b)).
+- model: the trained FastDecoder (option (b));
+- streamed: the same, fed to `stream_decode` 5 tokens per round with the default ChunkPlan (each window sees only
+  the tokens generated so far plus the lookahead); also reports its relative L1 distance to the one-shot decode's
+  magnitude spectrogram.
 """
 from __future__ import annotations
 
@@ -27,8 +30,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from wer import ASR, score  # noqa: E402
 
 from specdec.decoder_train import load_corpus, references  # noqa: E402
-from specdec.models.fast_decoder import (FRAMES_PER_TOKEN, N_MELS, SAMPLE_RATE, FastDecoder, MelInverse,  # noqa: E402
-                                         griffin_lim)
+from specdec.models.fast_decoder import (FRAMES_PER_TOKEN, HOP, N_FFT, N_MELS, SAMPLE_RATE,  # noqa: E402
+                                         FastDecoder, MelInverse, griffin_lim)
+from specdec.streaming import stream_decode  # noqa: E402
 
 
 def lookup_table(train, vocab_size: int) -> torch.Tensor:
@@ -42,6 +46,10 @@ def lookup_table(train, vocab_size: int) -> torch.Tensor:
     return total / count.clamp(min=1)[:, None, None]
 
 
+def _magnitude(wav: torch.Tensor) -> torch.Tensor:
+    return torch.stft(wav, N_FFT, HOP, window=torch.hann_window(N_FFT), return_complex=True).abs()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--manifest", required=True)
@@ -50,7 +58,7 @@ def main() -> None:
     ap.add_argument("--decoder", required=True)
     ap.add_argument("--limit", type=int, default=60)
     ap.add_argument("--gl-iters", type=int, default=None, help="override the decoder's Griffin-Lim iterations")
-    ap.add_argument("--systems", default="ceiling,gt-mel,lookup,model")
+    ap.add_argument("--systems", default="ceiling,gt-mel,lookup,model,streamed")
     ap.add_argument("--out", default="bench/results/demo_voice_decoder.json")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -88,7 +96,18 @@ def main() -> None:
         voice = type("Voice", (), {"ref_mel_stats": refs[u.speaker]})()
         return decoder.decode(u.tokens, torch.zeros(1, dtype=torch.long), voice), SAMPLE_RATE
 
-    systems = {"ceiling": ceiling, "gt-mel": gt_mel, "lookup": lookup, "model": model}
+    spectral_gap = []
+
+    def streamed(u):
+        voice = type("Voice", (), {"ref_mel_stats": refs[u.speaker]})()
+        phones = torch.zeros(1, dtype=torch.long)
+        rounds = [u.tokens[i:i + 5].tolist() for i in range(0, len(u.tokens), 5)]
+        wav = torch.cat(list(stream_decode(rounds, decoder, phones, voice)))
+        ref = _magnitude(decoder.decode(u.tokens, phones, voice))
+        spectral_gap.append(((_magnitude(wav) - ref).abs().sum() / ref.sum()).item())
+        return wav, SAMPLE_RATE
+
+    systems = {"ceiling": ceiling, "gt-mel": gt_mel, "lookup": lookup, "model": model, "streamed": streamed}
     asr = ASR()
     results = {}
     for name in args.systems.split(","):
@@ -101,7 +120,9 @@ def main() -> None:
             audio_s += len(wav) / sr
             items.append((wav.numpy(), sr, texts[u.id]))
         r = score(asr, items)
-        r["rtf"] = decode_s / audio_s
+        r["rtf"] = decode_s / audio_s  # streamed: includes its one-shot reference decode
+        if name == "streamed":
+            r["spectral_gap_mean"] = sum(spectral_gap) / len(spectral_gap)
         results[name] = r
         print(f"{name:8s} WER {100 * r['wer']:5.1f}% ({r['errors']}/{r['words']})  decode RTF {r['rtf']:.3f}",
               file=sys.stderr)

