@@ -13,11 +13,14 @@ The phase is recovered by fast Griffin-Lim (momentum 0.99, Perraudin et al. 2013
 phase that is a pure function of the absolute frame index. `decode_window` renders tokens[start:end] from the mel of
 the window plus `gl_margin` tokens each side (the mel itself is exact: the network runs on the window plus its
 receptive field), so a chunk differs from the one-shot decode only by Griffin-Lim's phase near the chunk edges;
-`tests/test_fast_decoder.py` measures that. The text phones are not used: the tokens carry the content.
+`tests/test_fast_decoder.py` measures that.
+
+With `phone_vocab` > 0 the tokens also cross-attend to the segment's phones (as SoVITS's text encoder does): the
+demo's 128 k-means units over speaker-normalised mel are too coarse to spell the words alone (a per-token mean mel
+is unintelligible), and sampled GPT tokens are noisier still.
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass
 
@@ -41,6 +44,9 @@ class FastDecoderConfig:
     token_layers: int = 8  # ConvNeXt blocks at 25 Hz
     frame_layers: int = 2  # ConvNeXt blocks at 100 Hz
     kernel: int = 5
+    phone_vocab: int = 0  # size of the phone symbol table read by cross-attention (0: the phones are not used)
+    phone_layers: int = 3  # ConvBlocks over the phone embeddings
+    heads: int = 4
     gl_iters: int = 32
     gl_margin: int = 4  # tokens of extra context each side for Griffin-Lim in decode_window
 
@@ -88,6 +94,26 @@ class ConvBlock(nn.Module):
         return x + self.fc2(F.gelu(self.fc1(self.norm(h))))
 
 
+class CrossAttention(nn.Module):
+    """Tokens attend to every phone of the segment (pre-norm, residual): the phones say what is being said, the
+    tokens when and how. The phones are all known before the first token, so windows stay exact."""
+
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.norm = nn.LayerNorm(dim)
+        self.q, self.kv, self.proj = nn.Linear(dim, dim), nn.Linear(dim, 2 * dim), nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, memory: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """x [B, T, C], memory [B, N, C], mask [B, N] (True = a real phone) → [B, T, C]."""
+        B, T, C = x.shape
+        H = self.heads
+        q = self.q(self.norm(x)).view(B, T, H, C // H).transpose(1, 2)  # [B, H, T, D]
+        k, v = self.kv(memory).view(B, -1, 2, H, C // H).permute(2, 0, 3, 1, 4)  # [B, H, N, D] each
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None, None, :])
+        return x + self.proj(out.transpose(1, 2).reshape(B, T, C))
+
+
 class TokenToMel(nn.Module):
     def __init__(self, cfg: FastDecoderConfig):
         super().__init__()
@@ -96,17 +122,31 @@ class TokenToMel(nn.Module):
         self.embed = nn.Embedding(cfg.vocab_size, C)
         self.speaker = nn.Linear(2 * N_MELS, C)
         self.token_blocks = nn.ModuleList(ConvBlock(C, cfg.kernel) for _ in range(cfg.token_layers))
+        if cfg.phone_vocab:
+            self.phone_embed = nn.Embedding(cfg.phone_vocab, C)
+            self.phone_blocks = nn.ModuleList(ConvBlock(C, cfg.kernel) for _ in range(cfg.phone_layers))
+            self.phone_norm = nn.LayerNorm(C)
+            self.cross = CrossAttention(C, cfg.heads)
         self.upsample = nn.Linear(C, FRAMES_PER_TOKEN * C)
         self.frame_blocks = nn.ModuleList(ConvBlock(C, cfg.kernel) for _ in range(cfg.frame_layers))
         self.norm = nn.LayerNorm(C)
         self.out = nn.Linear(C, N_MELS)
 
-    def forward(self, tokens: torch.Tensor, ref_stats: torch.Tensor) -> torch.Tensor:
-        """tokens [B, T], ref_stats [B, 2, 80] → log-mel [B, 4T, 80]."""
+    def forward(self, tokens: torch.Tensor, ref_stats: torch.Tensor, phones: torch.Tensor | None = None,
+                phone_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """tokens [B, T], ref_stats [B, 2, 80], phones [B, N] with phone_mask [B, N] (True = real, not padding)
+        → log-mel [B, 4T, 80]."""
         B, T = tokens.shape
         mean, std = ref_stats[:, :1], ref_stats[:, 1:]  # [B, 1, 80]
         x = self.embed(tokens) + self.speaker(torch.cat([mean, std.log()], -1))  # [B, T, C]
-        for block in self.token_blocks:
+        if self.cfg.phone_vocab:
+            memory = self.phone_embed(phones)  # [B, N, C]
+            for block in self.phone_blocks:
+                memory = block(memory)
+            memory = self.phone_norm(memory)
+        for i, block in enumerate(self.token_blocks):
+            if self.cfg.phone_vocab and i == len(self.token_blocks) // 2:
+                x = self.cross(x, memory, phone_mask)
             x = block(x)
         x = self.upsample(x).view(B, T * FRAMES_PER_TOKEN, -1)  # [B, 4T, C]
         for block in self.frame_blocks:
@@ -170,12 +210,14 @@ class FastDecoder:
     def from_file(cls, path: str) -> "FastDecoder":
         return cls(load_fast_decoder(path))
 
-    def mel(self, tokens: torch.Tensor, voice, start: int, end: int) -> torch.Tensor:
+    def mel(self, tokens: torch.Tensor, phones: torch.Tensor, voice, start: int, end: int) -> torch.Tensor:
         """log-mel [4(end-start), 80] of tokens[start:end], exactly as a decode of all `tokens` computes it."""
         r = token_radius(self.cfg)
         lo, hi = max(0, start - r), min(len(tokens), end + r)
+        phones = self._check_phones(phones)
         with torch.inference_mode():
-            mel = self.net(tokens[None, lo:hi], self._stats(voice)[None])[0]
+            mel = self.net(tokens[None, lo:hi], self._stats(voice)[None], phones[None],
+                           torch.ones(1, len(phones), dtype=torch.bool))[0]
         return mel[(start - lo) * FRAMES_PER_TOKEN:(end - lo) * FRAMES_PER_TOKEN]
 
     def decode(self, tokens: torch.Tensor, phones: torch.Tensor, voice) -> torch.Tensor:
@@ -190,7 +232,7 @@ class FastDecoder:
         m = self.cfg.gl_margin
         lo, hi = max(0, start - m), min(len(tokens), end + m)
         with torch.inference_mode():
-            mag = self.inverse(self.mel(tokens, voice, lo, hi))
+            mag = self.inverse(self.mel(tokens, phones, voice, lo, hi))
             wav = griffin_lim(mag, self.cfg.gl_iters, first_frame=lo * FRAMES_PER_TOKEN)
         spt = self.samples_per_token
         return wav[(start - lo) * spt:(end - lo) * spt].float()
@@ -202,6 +244,16 @@ class FastDecoder:
             raise SpecdecError(f"the fast decoder needs voice.ref_mel_stats [2, {N_MELS}] (log-mel mean and std of "
                                f"the reference clip, from fast_decoder.reference_stats), got {got}")
         return stats.float()
+
+    def _check_phones(self, phones: torch.Tensor) -> torch.Tensor:
+        phones = torch.as_tensor(phones)
+        if phones.ndim != 1 or phones.numel() == 0 or phones.is_floating_point():
+            raise SpecdecError(f"phones must be a non-empty 1-D integer tensor, got shape {tuple(phones.shape)}")
+        n = self.cfg.phone_vocab
+        if n and (int(phones.min()) < 0 or int(phones.max()) >= n):
+            raise SpecdecError(f"phone id {int(phones.max())} is outside the fast decoder's symbol table ({n} "
+                               "symbols): the text front-end uses another symbol set")
+        return phones.long()
 
     def _check(self, tokens: torch.Tensor) -> torch.Tensor:
         tokens = torch.as_tensor(tokens)
@@ -218,21 +270,16 @@ FORMAT_TAG = "specdec-fast-decoder"
 
 
 def save_fast_decoder(net: TokenToMel, path: str, dtype: torch.dtype = torch.float16) -> None:
-    from safetensors.torch import save_file
-    tensors = {k: v.detach().to(dtype).contiguous() for k, v in net.state_dict().items()}
-    save_file(tensors, path, metadata={"format": FORMAT_TAG, "config": json.dumps(asdict(net.cfg))})
+    from specdec.models import weights
+    weights.write(path, net.state_dict(), FORMAT_TAG, asdict(net.cfg), dtype=dtype)
 
 
 def load_fast_decoder(path: str) -> TokenToMel:
-    from safetensors import SafetensorError, safe_open
+    """Weights are stored in fp16 (the shipped file) or fp32 and run in fp32."""
+    from specdec.models import weights
+    state, config, _ = weights.read(path, FORMAT_TAG, "fast-decoder")
     try:
-        with safe_open(path, framework="pt") as f:
-            meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k).float() for k in f.keys()}
-    except (OSError, SafetensorError) as e:
-        raise SpecdecError(f"{path}: unreadable fast-decoder weights ({str(e).splitlines()[0][:120]})") from None
-    if meta.get("format") != FORMAT_TAG:
-        raise SpecdecError(f"{path}: not a fast-decoder checkpoint (metadata format {meta.get('format')!r})")
-    net = TokenToMel(FastDecoderConfig(**json.loads(meta["config"])))
-    net.load_state_dict(tensors)
-    return net
+        cfg = FastDecoderConfig(**config)
+    except TypeError as e:
+        raise SpecdecError(f"{path}: fast-decoder config does not fit this version ({e})") from None
+    return weights.load_state(path, TokenToMel(cfg), state, torch.float32, "fast-decoder")

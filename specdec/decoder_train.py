@@ -3,8 +3,8 @@
     python -m specdec.decoder_train --manifest /work/data/demo/manifest.jsonl --tokens tokens.safetensors \
         --work-dir /work/data/demo/ckpt-decoder --steps 6000 --out models/demo/decoder.safetensors
 
-Inputs: the corpus manifest (JSONL rows with id, speaker, wav, split) and the semantic tokens of every utterance
-({id: LongTensor [T]} in a safetensors file, 25 Hz). Each training example is a random crop of `crop` tokens and
+Inputs: the corpus manifest (JSONL rows with id, speaker, text, wav, split), the semantic tokens of every utterance
+({id: LongTensor [T]} in a safetensors file, 25 Hz), and the texts' phones from the project's front-end (--phones). Each training example is a random crop of `crop` tokens and
 its 4·crop mel frames; the conditioning statistics come from a *different* utterance of the same speaker, so the
 network learns to take the voice from the reference, not from the sentence's own spectrum. Loss: L1 on log-mel.
 Held-out L1 (split "test", full utterances, each speaker's first training utterance as reference) is logged.
@@ -32,6 +32,7 @@ class Utterance:
     speaker: str
     tokens: torch.Tensor  # [T] long
     mel: torch.Tensor  # [4T, 80]
+    phones: torch.Tensor  # [N] long: the text's phone ids (the front-end's symbol table)
 
     @property
     def stats(self) -> torch.Tensor:  # [2, 80]: the conditioning this utterance gives as a reference
@@ -51,11 +52,36 @@ class DecoderTrainConfig:
     seed: int = 0
 
 
-def load_corpus(manifest: str, tokens_path: str, cache: str | None = None) -> tuple[list[Utterance], list[Utterance]]:
-    """(train, test) utterances with their mel targets aligned to 4 frames per token; cached in `cache`."""
+def load_corpus(manifest: str, tokens_path: str, cache: str | None = None,
+                symbol_version: str = "v2") -> tuple[list[Utterance], list[Utterance]]:
+    """(train, test) utterances with their mel targets aligned to 4 frames per token and their text's phones.
+    Mels are cached in `cache`, phones beside it (`<cache>.phones-<symbol_version>`)."""
+    with open(manifest, encoding="utf-8") as f:
+        texts = {r["id"]: r["text"] for r in map(json.loads, f)}
+    phones = _phones(texts, symbol_version, cache and f"{cache}.phones-{symbol_version}")
     if cache and os.path.isfile(cache):
         blob = torch.load(cache)
-        return [Utterance(**u) for u in blob["train"]], [Utterance(**u) for u in blob["test"]]
+    else:
+        blob = _mels(manifest, tokens_path)
+        if cache:
+            torch.save(blob, cache + ".tmp")
+            os.replace(cache + ".tmp", cache)
+    return tuple([Utterance(**u, phones=phones[u["id"]]) for u in blob[k]] for k in ("train", "test"))
+
+
+def _phones(texts: dict[str, str], symbol_version: str, cache: str | None) -> dict[str, torch.Tensor]:
+    if cache and os.path.isfile(cache):
+        return torch.load(cache)
+    from specdec.models.text.frontend import Frontend
+    frontend = Frontend(symbol_version)
+    phones = {k: frontend.phones(t, "en")[0] for k, t in texts.items()}
+    if cache:
+        torch.save(phones, cache + ".tmp")
+        os.replace(cache + ".tmp", cache)
+    return phones
+
+
+def _mels(manifest: str, tokens_path: str) -> dict[str, list[dict]]:
     import soundfile as sf
     from safetensors.torch import load_file
 
@@ -63,7 +89,7 @@ def load_corpus(manifest: str, tokens_path: str, cache: str | None = None) -> tu
     from specdec.models.fast_decoder import SAMPLE_RATE
     tokens = load_file(tokens_path)
     root = os.path.dirname(os.path.abspath(manifest))
-    split: dict[str, list[Utterance]] = {"train": [], "test": []}
+    split: dict[str, list[dict]] = {"train": [], "test": []}
     with open(manifest, encoding="utf-8") as f:
         rows = [json.loads(line) for line in f]
     for row in rows:
@@ -77,18 +103,19 @@ def load_corpus(manifest: str, tokens_path: str, cache: str | None = None) -> tu
         mel = log_mel(wav)
         n = FRAMES_PER_TOKEN * len(tok)
         mel = torch.cat([mel, mel[-1:].expand(max(0, n - len(mel)), -1)])[:n]  # the tokenizer may round up a frame
-        split["test" if row.get("split") == "test" else "train"].append(Utterance(row["id"], row["speaker"], tok, mel))
-    if cache:
-        torch.save({k: [asdict(u) for u in v] for k, v in split.items()}, cache + ".tmp")
-        os.replace(cache + ".tmp", cache)
-    return split["train"], split["test"]
+        split["test" if row.get("split") == "test" else "train"].append(
+            {"id": row["id"], "speaker": row["speaker"], "tokens": tok, "mel": mel})
+    return split
 
 
 def make_batch(utts: list[Utterance], by_speaker: dict[str, list[Utterance]], cfg: DecoderTrainConfig,
-               rng: random.Random) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """→ tokens [B, crop], reference stats [B, 2, 80], target mel [B, 4·crop, 80] (short utterances edge-padded)."""
+               rng: random.Random) -> tuple[torch.Tensor, ...]:
+    """→ tokens [B, crop], reference stats [B, 2, 80], phones [B, N] and their mask [B, N], target mel
+    [B, 4·crop, 80] (short utterances edge-padded). A crop sees its whole sentence's phones, as a decode window does."""
     toks, stats, mels = [], [], []
-    for u in rng.sample(utts, cfg.batch_size):
+    chosen = rng.sample(utts, cfg.batch_size)
+    phones, mask = pad_phones([u.phones for u in chosen])
+    for u in chosen:
         T = len(u.tokens)
         s = rng.randrange(0, max(1, T - cfg.crop + 1))
         t, m = u.tokens[s:s + cfg.crop], u.mel[s * FRAMES_PER_TOKEN:(s + cfg.crop) * FRAMES_PER_TOKEN]
@@ -97,7 +124,17 @@ def make_batch(utts: list[Utterance], by_speaker: dict[str, list[Utterance]], cf
         mels.append(torch.cat([m, m[-1:].expand(pad * FRAMES_PER_TOKEN, -1)]))
         others = [o for o in by_speaker[u.speaker] if o is not u] or [u]
         stats.append(rng.choice(others).stats)
-    return torch.stack(toks), torch.stack(stats), torch.stack(mels)
+    return torch.stack(toks), torch.stack(stats), phones, mask, torch.stack(mels)
+
+
+def pad_phones(seqs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """→ phones [B, N] zero-padded, mask [B, N] (True = real)."""
+    n = max(len(p) for p in seqs)
+    phones = torch.zeros(len(seqs), n, dtype=torch.long)
+    mask = torch.zeros(len(seqs), n, dtype=torch.bool)
+    for i, p in enumerate(seqs):
+        phones[i, :len(p)], mask[i, :len(p)] = p, True
+    return phones, mask
 
 
 def references(train: list[Utterance]) -> dict[str, torch.Tensor]:
@@ -113,7 +150,7 @@ def evaluate(net: TokenToMel, test: list[Utterance], refs: dict[str, torch.Tenso
     net.eval()
     total = frames = 0.0
     for u in test:
-        mel = net(u.tokens[None], refs[u.speaker][None])[0]
+        mel = net(u.tokens[None], refs[u.speaker][None], u.phones[None], torch.ones(1, len(u.phones), dtype=torch.bool))[0]
         total += F.l1_loss(mel, u.mel, reduction="sum").item() / mel.shape[1]
         frames += mel.shape[0]
     net.train()
@@ -152,10 +189,10 @@ def train(train_utts: list[Utterance], test_utts: list[Utterance], work_dir: str
                   TextColumn("{task.fields[info]}"), TimeRemainingColumn()) as bar:
         task = bar.add_task("", total=cfg.steps, completed=step, info=f"{n_params / 1e6:.2f}M params")
         while step < cfg.steps:
-            tokens, stats, target = make_batch(train_utts, by_speaker, cfg, rng)
+            tokens, stats, phones, mask, target = make_batch(train_utts, by_speaker, cfg, rng)
             for g in opt.param_groups:
                 g["lr"] = lr_at(step, cfg)
-            loss = F.l1_loss(net(tokens, stats), target)
+            loss = F.l1_loss(net(tokens, stats, phones, mask), target)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
@@ -191,14 +228,18 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--steps", type=int, default=DecoderTrainConfig.steps)
     ap.add_argument("--vocab-size", type=int, default=None, help="codebook size (default: the tokens file's n_tokens)")
     ap.add_argument("--dim", type=int, default=FastDecoderConfig.dim)
+    ap.add_argument("--phones", default="v2", help="front-end symbol table the decoder reads (v1, v2), or none")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     os.makedirs(args.work_dir, exist_ok=True)
     vocab_size = args.vocab_size or _codebook_size(args.tokens)
-    train_utts, test_utts = load_corpus(args.manifest, args.tokens, os.path.join(args.work_dir, "features.pt"))
+    symbols = "v2" if args.phones == "none" else args.phones
+    train_utts, test_utts = load_corpus(args.manifest, args.tokens, os.path.join(args.work_dir, "features.pt"), symbols)
+    from specdec.models.text.symbols import SYMBOL_TO_ID
+    phone_vocab = 0 if args.phones == "none" else len(SYMBOL_TO_ID[args.phones])
     net = train(train_utts, test_utts, args.work_dir, DecoderTrainConfig(steps=args.steps),
-                FastDecoderConfig(vocab_size=vocab_size, dim=args.dim))
+                FastDecoderConfig(vocab_size=vocab_size, dim=args.dim, phone_vocab=phone_vocab))
     save_fast_decoder(net, args.out)
 
 

@@ -17,14 +17,14 @@ def _corpus(n: int, seed: int) -> list[Utterance]:
         spk = "ab"[i % 2]
         tokens = torch.randint(0, K, (int(torch.randint(20, 40, (1,), generator=g)),), generator=g)
         mel = patterns[tokens].reshape(-1, N_MELS) + offsets[spk]
-        utts.append(Utterance(f"{spk}{i}", spk, tokens, mel))
+        utts.append(Utterance(f"{spk}{i}", spk, tokens, mel, phones=tokens[::3] % 8))
     return utts
 
 
 def test_training_learns_and_resumes(tmp_path):
     torch.manual_seed(0)
     train_utts, test_utts = _corpus(24, seed=1), _corpus(6, seed=2)
-    model_cfg = FastDecoderConfig(vocab_size=K, dim=32, token_layers=2, frame_layers=1)
+    model_cfg = FastDecoderConfig(vocab_size=K, dim=32, token_layers=2, frame_layers=1, phone_vocab=8, phone_layers=1)
     cfg = DecoderTrainConfig(steps=40, batch_size=8, crop=16, lr=3e-3, warmup=5, eval_every=20)
     work = str(tmp_path / "ckpt")
     net = train(train_utts, test_utts, work, cfg, model_cfg)

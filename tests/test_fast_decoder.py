@@ -27,7 +27,7 @@ def _voice(seed: int = 0) -> SimpleNamespace:
 def decoder() -> FastDecoder:
     torch.manual_seed(0)
     return FastDecoder(TokenToMel(FastDecoderConfig(vocab_size=64, dim=32, token_layers=3, frame_layers=1,
-                                                    gl_iters=16)))
+                                                    phone_vocab=16, phone_layers=1, gl_iters=16)))
 
 
 def _tokens(n: int, seed: int = 1) -> torch.Tensor:
@@ -48,10 +48,10 @@ def test_decode_shape_and_protocol(decoder):
 
 def test_mel_of_a_window_is_exactly_the_slice_of_the_whole(decoder):
     tokens, voice = _tokens(70), _voice()
-    full = decoder.mel(tokens, voice, 0, len(tokens))
+    full = decoder.mel(tokens, PHONES, voice, 0, len(tokens))
     assert full.shape == (70 * FRAMES_PER_TOKEN, 80)
     for start, end in [(0, 12), (12, 37), (33, 70), (69, 70)]:
-        part = decoder.mel(tokens, voice, start, end)
+        part = decoder.mel(tokens, PHONES, voice, start, end)
         torch.testing.assert_close(part, full[start * FRAMES_PER_TOKEN:end * FRAMES_PER_TOKEN], atol=1e-5, rtol=1e-5)
 
 
@@ -73,6 +73,13 @@ def test_streamed_audio_matches_one_shot_spectrum(decoder):
     assert rel(other_voice) > 2 * rel(streamed)
 
 
+def test_phones_condition_the_mel(decoder):
+    tokens, voice = _tokens(20), _voice()
+    a = decoder.mel(tokens, PHONES, voice, 0, 20)
+    assert not torch.allclose(a, decoder.mel(tokens, torch.tensor([4, 5, 6, 7]), voice, 0, 20))
+    torch.testing.assert_close(a, decoder.mel(tokens, PHONES.clone(), voice, 0, 20), atol=0, rtol=0)
+
+
 def test_decode_window_is_deterministic(decoder):
     tokens, voice = _tokens(40), _voice()
     torch.testing.assert_close(decoder.decode_window(tokens, PHONES, voice, 10, 30),
@@ -89,6 +96,8 @@ def test_bad_inputs_raise_one_line_errors(decoder):
         decoder.decode(_tokens(10), PHONES, SimpleNamespace())
     with pytest.raises(SpecdecError, match="codebook"):
         decoder.decode(torch.tensor([1, 64]), PHONES, _voice())
+    with pytest.raises(SpecdecError, match="symbol table"):
+        decoder.decode(_tokens(10), torch.tensor([1, 16]), _voice())
     with pytest.raises(SpecdecError, match="window"):
         decoder.decode_window(_tokens(10), PHONES, _voice(), 5, 11)
 
@@ -99,7 +108,7 @@ def test_weights_round_trip_fp16(decoder, tmp_path):
     loaded = load_fast_decoder(path)
     assert loaded.cfg == decoder.cfg
     tokens, voice = _tokens(20), _voice()
-    torch.testing.assert_close(FastDecoder(loaded).mel(tokens, voice, 0, 20), decoder.mel(tokens, voice, 0, 20),
+    torch.testing.assert_close(FastDecoder(loaded).mel(tokens, PHONES, voice, 0, 20), decoder.mel(tokens, PHONES, voice, 0, 20),
                                atol=0.05, rtol=0.01)
     (tmp_path / "junk.safetensors").write_bytes(b"not a checkpoint")
     with pytest.raises(SpecdecError, match="junk"):

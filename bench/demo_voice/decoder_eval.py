@@ -94,13 +94,13 @@ def main() -> None:
 
     def model(u):
         voice = type("Voice", (), {"ref_mel_stats": refs[u.speaker]})()
-        return decoder.decode(u.tokens, torch.zeros(1, dtype=torch.long), voice), SAMPLE_RATE
+        return decoder.decode(u.tokens, u.phones, voice), SAMPLE_RATE
 
     spectral_gap = []
 
     def streamed(u):
         voice = type("Voice", (), {"ref_mel_stats": refs[u.speaker]})()
-        phones = torch.zeros(1, dtype=torch.long)
+        phones = u.phones
         rounds = [u.tokens[i:i + 5].tolist() for i in range(0, len(u.tokens), 5)]
         wav = torch.cat(list(stream_decode(rounds, decoder, phones, voice)))
         ref = _magnitude(decoder.decode(u.tokens, phones, voice))
