@@ -1,10 +1,11 @@
-"""Triton paged-attention microbenchmark at the GPT-SoVITS v2 shape (16 heads × 32 dims, one layer), CUDA only.
+"""Triton kernel microbenchmark at the GPT-SoVITS v2 shape (16 heads × 32 dims, one layer; 1025 tokens), CUDA only.
 
 Per case: time per call (store + attention, CUDA events, median of --reps after warm-up; also replayed from a CUDA
 graph, which the static grid allows), the bytes the call must move at least (every visible key and value once, the
 queries, the new K/V written, the output), the achieved bandwidth, and that bandwidth as a fraction of a measured
-device-to-device copy. The torch reference path is timed alongside. Where there is no CUDA device it says so and
-exits 0.
+device-to-device copy. The torch reference path is timed alongside. Then the sampling step (warp + accept for
+B sequences × (k+1) rows at the upstream defaults) against the torch warp and the per-sequence torch accept.
+Where there is no CUDA device it says so and exits 0.
 
     python bench/gpu_microbench.py [--dtype fp16] [--reps 50] [--page-size 64] [--json bench/results/x.json]
 """
@@ -21,6 +22,7 @@ import torch
 from specdec.cache import BlockTable, PagePool
 from specdec.kernels import AttentionMetadata, paged_attention_torch, store_kv_torch
 from specdec.models.gpt import GPTConfig
+from specdec.sampling import SamplingParams, accept, seen_block, warp
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 # (mode, batch, q_len per sequence, context before the new tokens, text prefix length)
@@ -98,6 +100,37 @@ def graph_time(fn, reps: int) -> float | None:
     return cuda_time(graph.replay, reps)
 
 
+def sampling_rows(batch: int, k: int, reps: int) -> dict:
+    """Seconds per accept step (warp + accept) for batch sequences of k drafts: Triton on the GPU vs the torch
+    warp on the GPU and the torch accept on host copies (it draws from a CPU generator), as the engine would."""
+    from specdec.kernels import triton_sampling
+    V, N = 1025, batch * (k + 1)
+    params = [SamplingParams()] * N
+    logits = torch.randn(N, V, device="cuda") * 3
+    seen = torch.rand(batch, V, device="cuda") < 0.05
+    tokens = torch.randint(0, V - 1, (N,), device="cuda")
+    query_start_loc = torch.arange(0, N + 1, k + 1, dtype=torch.int32, device="cuda")
+    ban = torch.zeros(N, dtype=torch.bool, device="cuda")
+    row_params = triton_sampling.row_params(params, V, "cuda")
+    q = torch.softmax(torch.randn(N, V, device="cuda"), -1)
+    uniform, noise = torch.rand(N, device="cuda"), torch.empty(batch, V, device="cuda").exponential_()
+    drafts = tokens.view(batch, k + 1)[:, 1:].tolist()
+
+    def triton_step():
+        probs, argmax_eos = triton_sampling.warp(logits, seen, tokens, query_start_loc, ban, *row_params)
+        triton_sampling.accept(probs, q, tokens, argmax_eos, ban, uniform, noise, query_start_loc).tolist()
+
+    def torch_step():
+        rows = torch.cat([seen_block(seen[b], tokens[b * (k + 1) + 1:(b + 1) * (k + 1)]) for b in range(batch)])
+        probs, argmax_eos = warp(logits, rows, ban, params)
+        probs, argmax_eos, q_host = probs.cpu(), argmax_eos.cpu(), q.cpu()
+        for b in range(batch):
+            r = slice(b * (k + 1), (b + 1) * (k + 1))
+            accept(probs[r], q_host[r][:k], drafts[b], argmax_eos[r], [False] * (k + 1), V - 1, None)
+
+    return {"batch": batch, "k": k, "triton_s": cuda_time(triton_step, reps), "torch_s": cuda_time(torch_step, reps)}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--dtype", choices=sorted(DTYPES), default="fp16")
@@ -139,11 +172,15 @@ def main() -> int:
               f"{nbytes / 1e6:7.2f} {bw / 1e9:7.1f} {100 * bw / bw_copy:6.1f}%")
         rows.append({"mode": mode, "batch": batch, "q_len": q_len, "context": ctx, "triton_s": t_triton,
                      "graph_s": t_graph, "torch_s": t_torch, "min_bytes": nbytes, "bandwidth_Bps": bw})
+    print(f"\n{'sampling':8} {'B':>3} {'k':>4} {'triton µs':>10} {'torch µs':>9}")
+    sampling = [sampling_rows(b, k, args.reps) for b, k in ((1, 0), (1, 4), (8, 4), (32, 0))]
+    for r in sampling:
+        print(f"{'':8} {r['batch']:3d} {r['k']:4d} {r['triton_s'] * 1e6:10.1f} {r['torch_s'] * 1e6:9.1f}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                        "device": device, "dtype": args.dtype, "page_size": args.page_size,
-                       "copy_bandwidth_Bps": bw_copy, "cases": rows}, f, indent=1)
+                       "copy_bandwidth_Bps": bw_copy, "cases": rows, "sampling": sampling}, f, indent=1)
     return 0
 
 

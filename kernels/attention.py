@@ -197,8 +197,8 @@ def _padded_attention(q, k_all, v_all, meta: AttentionMetadata, scale) -> torch.
 
 
 def default_backend(device: torch.device | str) -> str:
-    """Triton on CUDA, torch elsewhere; `SPECDEC_ATTENTION=torch|triton` overrides (tests force triton on CPU
-    together with TRITON_INTERPRET=1)."""
+    """Triton on CUDA, torch elsewhere, for attention and the engine's accept step alike;
+    `SPECDEC_ATTENTION=torch|triton` overrides (tests force triton on CPU together with TRITON_INTERPRET=1)."""
     forced = os.environ.get("SPECDEC_ATTENTION")
     if forced:
         if forced not in BACKENDS:

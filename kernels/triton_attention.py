@@ -39,7 +39,7 @@ def _store_kv_kernel(k_ptr, v_ptr, k_cache_ptr, v_cache_ptr, slot_ptr, n_head, h
     slot = tl.load(slot_ptr + t)
     if slot < 0:
         return
-    h = tl.arange(0, BLOCK_H)[:, None]
+    h = tl.arange(0, BLOCK_H)[:, None].to(tl.int64)  # head offsets span the whole pool (head-major)
     d = tl.arange(0, BLOCK_D)[None, :]
     ok = (h < n_head) & (d < head_dim)
     blk, off = slot // page_size, slot % page_size
@@ -57,7 +57,7 @@ def _attention_kernel(q_ptr, k_cache_ptr, v_cache_ptr, out_ptr, part_acc_ptr, pa
                       BLOCK_Q: tl.constexpr, BLOCK_D: tl.constexpr, TILE_N: tl.constexpr,
                       KV_SPLIT: tl.constexpr, NUM_SPLITS: tl.constexpr, DOT_FP32: tl.constexpr,
                       PRECISION: tl.constexpr):
-    qb, h, split = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    qb, h, split = tl.program_id(0), tl.program_id(1).to(tl.int64), tl.program_id(2)  # int64: big pools
     # this q-block's sequence: the largest b whose first q-block, query_start_loc[b] // BLOCK_Q + b, is <= qb
     b = 0
     hi = num_seqs - 1
@@ -89,7 +89,6 @@ def _attention_kernel(q_ptr, k_cache_ptr, v_cache_ptr, out_ptr, part_acc_ptr, pa
 
     d = tl.arange(0, BLOCK_D)
     d_ok = d < head_dim
-    tok = (q_start + rows).to(tl.int64)
     q = tl.load(q_ptr + tok[:, None] * s_qt + h * s_qh + d[None, :] * s_qd,
                 mask=row_ok[:, None] & d_ok[None, :], other=0.0)  # [BQ, BD]
     if DOT_FP32:

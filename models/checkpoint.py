@@ -106,6 +106,9 @@ def load_gpt(path: str, dtype: torch.dtype = torch.float32) -> GPT:
 # ---- writing ------------------------------------------------------------------------------------------------
 def save_gpt(model: GPT, path: str, dtype: torch.dtype | None = None, extra: dict | None = None) -> None:
     """Write a specdec `.safetensors` (weights + config in the metadata) atomically."""
+    if model.quantization is not None:
+        raise SpecdecError(f"{path}: refusing to save a {model.quantization} GPT; save the original and quantise "
+                           "after loading (specdec.quantize_gpt)")
     weights.write(path, model.state_dict(), FORMAT_TAG, model.cfg.to_dict(), dtype, **(extra or {}))
 
 

@@ -28,6 +28,7 @@ from specdec.errors import SpecdecError
 from specdec.models.gpt import GPT
 from specdec.models.linear import Linear
 
+
 def _pack(w: torch.Tensor, b: torch.Tensor | None):
     """w [out, in] fp32 → FBGEMM packed int8 weights (symmetric per-channel scales), b kept outside the GEMM."""
     scale = (w.abs().amax(1) / 127).clamp_min(1e-12).double()
@@ -76,7 +77,8 @@ def quantize_gpt(gpt: GPT, n_layer: int | None = None) -> GPT:
     much); as a draft it costs no exactness. Embeddings, LayerNorms, the BERT projection and the head are shared
     with `gpt`, not copied; the original stays usable."""
     if gpt.quantization is not None:
-        raise SpecdecError(f"this GPT is already quantised ({gpt.quantization})")
+        raise SpecdecError(f"this GPT is already quantised ({gpt.quantization}): an int8 draft of an int8 (eco) "
+                           "target would be the target itself; use no draft or a smaller one")
     n = gpt.cfg.n_layer if n_layer is None else n_layer
     if not 1 <= n <= gpt.cfg.n_layer:
         raise SpecdecError(f"int8:{n} needs 1 <= N <= {gpt.cfg.n_layer} (the target's layers)")

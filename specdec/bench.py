@@ -260,7 +260,8 @@ def markdown_table(res: dict) -> str:
     for r in res["rows"]:
         acc = " ".join(f"{a:.2f}" for a in r.get("acceptance_per_position", []))
         mal = f"{r['mean_acceptance_length']:.2f}" if "mean_acceptance_length" in r and acc else "–"
-        lines.append(f"| {r['name']}{' **LOSSY**' if r.get('lossy') else ''} | {r['tokens_per_s_median']:.1f} | {r['tokens_per_s_q1']:.1f}–"
+        name = r["name"] + (" **LOSSY**" if r.get("lossy") else "")
+        lines.append(f"| {name} | {r['tokens_per_s_median']:.1f} | {r['tokens_per_s_q1']:.1f}–"
                      f"{r['tokens_per_s_q3']:.1f} | {r['speedup_vs_AR']:.2f} | {mal} | {acc or '–'} |")
     return "\n".join(lines) + "\n"
 
@@ -335,6 +336,14 @@ def _torchao_block_linears(gpt, config_name: str):
     return lins, torchao.__version__
 
 
+def _one_unit(f):
+    """A contender for run_interleaved (which counts tokens) that times one step."""
+    def run() -> int:
+        f()
+        return 1
+    return run
+
+
 def step_costs(shape: str = "v2", rows: tuple[int, ...] = (1, 5), context: int = 300, repeats: int = 15,
                progress=None) -> dict:
     """ms per step at n query rows of one sequence: the 96 block matmuls alone (distinct weights per layer, as the
@@ -390,9 +399,10 @@ def step_costs(shape: str = "v2", rows: tuple[int, ...] = (1, 5), context: int =
         with torch.no_grad():
             models["fp32"](torch.randn(context, cfg.d_model), AttentionMetadata([context], [context], [70], [blocks],
                                                                                page), kv)  # fill the cache
-        timings = run_interleaved({k: (lambda f=f: f() is None or 1) for k, f in contenders.items()}, repeats, 2, progress)
+        timings = run_interleaved({k: _one_unit(f) for k, f in contenders.items()}, repeats, 2, progress)
     ms = {k: 1e3 * statistics.median(t.seconds) for k, t in timings.items()}
-    iqr = {k: [1e3 * q for q in statistics.quantiles(t.seconds, n=4)[::2]] for k, t in timings.items()}
+    iqr = {k: [1e3 * q for q in statistics.quantiles(t.seconds * 2 if len(t.seconds) < 2 else t.seconds,
+                                                     n=4, method="inclusive")[::2]] for k, t in timings.items()}
     return {"machine": machine(), "shape": shape, "context": context, "rows": list(rows), "repeats": repeats,
             "versions": versions, "ms_median": ms, "ms_iqr": iqr}
 

@@ -26,7 +26,8 @@ def _add_synth(sub) -> None:
     p = sub.add_parser("synth", help="text → speech; prints acceptance statistics",
                        description="Synthesise TEXT. With no model options the bundled demo voice speaks. "
                                    "--mode presets: quality = no speculation, offline decode; fast = the "
-                                   "bundle's draft + streaming decode; eco = fast with an int8 GPT (lossy: the output is labelled so). "
+                                   "bundle's draft + streaming decode; eco = fast with an int8 GPT (lossy: the "
+                                   "output is labelled so). "
                                    "Explicit options override a preset.")
     p.add_argument("text")
     p.add_argument("-o", "--out", default="out.wav", help="output wav (written only when synthesis succeeds)")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import secrets
 import time
+from itertools import accumulate
 from collections.abc import Generator
 from dataclasses import dataclass, field
 
@@ -23,9 +24,9 @@ from specdec.adaptive import Acceptance, Costs, choose_k
 from specdec.cache import BlockTable, PagePool
 from specdec.drafters import Drafter, Proposal, make_drafter
 from specdec.errors import SpecdecError
-from specdec.kernels import AttentionMetadata
+from specdec.kernels import AttentionMetadata, default_backend
 from specdec.models.gpt import GPT
-from specdec.sampling import MIN_STEPS_BEFORE_EOS, SamplingParams, accept, seen_block, warp
+from specdec.sampling import MIN_STEPS_BEFORE_EOS, SamplingParams, Verdict, accept, round_noise, seen_block, warp
 from specdec.stats import SpecStats
 
 DEFAULT_PAGE_SIZE = 64
@@ -262,22 +263,59 @@ class Engine:
     def _accept(self, seqs: list[Sequence], logits: torch.Tensor, proposals: list[Proposal]) -> list[int]:
         """Warp the target logits of every position (one batched call), then accept/resample and emit per
         sequence; returns the number of accepted drafts per sequence."""
-        seen, ban, params = [], [], []
-        for s, p in zip(seqs, proposals):
-            n_gen, ql = len(s.generated), len(p.drafts) + 1
-            seen.append(seen_block(s.seen, torch.tensor(p.drafts, dtype=torch.long)))
-            ban += [n_gen + i < MIN_STEPS_BEFORE_EOS for i in range(ql)]
-            params += [s.request.params] * ql
-        probs, argmax_eos = warp(logits, torch.cat(seen), torch.tensor(ban), params)
-        accepted, q0, eos = [], 0, self.target.cfg.eos
-        for s, p in zip(seqs, proposals):
-            ql = len(p.drafts) + 1
-            verdict = accept(probs[q0:q0 + ql], p.q, p.drafts, argmax_eos[q0:q0 + ql], ban[q0:q0 + ql], eos,
-                             s.generator)
+        ban = [[len(s.generated) + i < MIN_STEPS_BEFORE_EOS for i in range(len(p.drafts) + 1)]
+               for s, p in zip(seqs, proposals)]
+        if (self.backend or default_backend(logits.device)) == "triton":
+            verdicts = self._verdicts_triton(seqs, logits, proposals, ban)
+        else:
+            verdicts = self._verdicts_torch(seqs, logits, proposals, ban)
+        accepted = []
+        for s, p, verdict in zip(seqs, proposals, verdicts):
             s.emit(verdict.tokens)
             s.stats.record_round(len(p.drafts), verdict.num_accepted, len(verdict.tokens))
             if verdict.stopped or s.remaining() <= 0:
                 s.done, s.finish_reason = True, "stop" if verdict.stopped else "length"
             accepted.append(verdict.num_accepted)
-            q0 += ql
         return accepted
+
+    def _verdicts_torch(self, seqs, logits, proposals, ban) -> list[Verdict]:
+        seen = [seen_block(s.seen, torch.tensor(p.drafts, dtype=torch.long)) for s, p in zip(seqs, proposals)]
+        params = [s.request.params for s, p in zip(seqs, proposals) for _ in range(len(p.drafts) + 1)]
+        probs, argmax_eos = warp(logits, torch.cat(seen), torch.tensor(sum(ban, [])), params)
+        verdicts, q0 = [], 0
+        for s, p, b in zip(seqs, proposals, ban):
+            ql = len(p.drafts) + 1
+            verdicts.append(accept(probs[q0:q0 + ql], p.q, p.drafts, argmax_eos[q0:q0 + ql], b, self.target.cfg.eos,
+                                   s.generator))
+            q0 += ql
+        return verdicts
+
+    def _verdicts_triton(self, seqs, logits, proposals, ban) -> list[Verdict]:
+        """The same step as fixed-shape kernels over the whole batch, fed the same random numbers (round_noise);
+        one device → host copy at the end."""
+        from specdec.kernels import triton_sampling  # lazy, as the attention kernels
+        dev, V = logits.device, logits.shape[-1]
+        drafts = [p.drafts for p in proposals]
+        tokens = torch.tensor([t for d in drafts for t in [-1] + d], device=dev)  # -1: the pending token's row
+        query_start_loc = torch.tensor([0] + list(accumulate(len(d) + 1 for d in drafts)), dtype=torch.int32,
+                                       device=dev)
+        ban_rows = torch.tensor(sum(ban, []), device=dev)
+        params = [s.request.params for s, d in zip(seqs, drafts) for _ in range(len(d) + 1)]
+        probs, argmax_eos = triton_sampling.warp(logits, torch.stack([s.seen for s in seqs]).to(dev), tokens,
+                                                 query_start_loc, ban_rows, *triton_sampling.row_params(params, V, dev))
+        q_rows, uniform, noise = [], [], torch.ones(len(seqs), V)
+        for i, (s, p, b) in enumerate(zip(seqs, proposals, ban)):
+            u, e = round_noise(len(p.drafts), b[0], V, s.generator)
+            noise[i, :e.shape[0]] = e
+            uniform += [u, torch.zeros(1)]
+            q_rows += ([p.q.float()] if p.drafts else []) + [torch.zeros(1, V, device=dev)]
+        q_rows = torch.cat(q_rows)  # [N, V]: row i of a sequence is draft i+1's distribution, the last row unused
+        out = triton_sampling.accept(probs, q_rows, tokens, argmax_eos, ban_rows, torch.cat(uniform).to(dev),
+                                     noise.to(dev), query_start_loc)
+        *result, broken = torch.cat([out.flatten(), (~torch.isfinite(q_rows).all()).int()[None]]).tolist()
+        if broken:
+            raise RuntimeError("the draft returned non-finite probabilities (a broken draft model?)")
+        verdicts = []
+        for d, (n, token, stop) in zip(drafts, zip(result[0::3], result[1::3], result[2::3])):
+            verdicts.append(Verdict(d[:stop], stop, True) if stop >= 0 else Verdict(d[:n] + [token], n, False))
+        return verdicts

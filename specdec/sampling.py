@@ -97,6 +97,16 @@ def exponential_noise(ban_eos: bool, vocab_size: int, generator: torch.Generator
     return torch.empty(vocab_size - 1 if ban_eos else vocab_size).exponential_(1, generator=generator)
 
 
+def round_noise(k: int, ban_first: bool, vocab_size: int, generator: torch.Generator | None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The random numbers of one accept step, drawn before any outcome is known so that a fixed-shape kernel
+    (specdec.kernels.triton_sampling) consumes the same stream: k uniforms, then one exponential vector for the
+    race. It is upstream's 1024-wide draw for a plain step (k = 0) while EOS is banned, else full width; a race at
+    a banned position reads its first 1024 entries."""
+    u = torch.rand(k, generator=generator) if k else torch.empty(0)
+    return u, exponential_noise(k == 0 and ban_first, vocab_size, generator)
+
+
 def race(weights: torch.Tensor, noise: torch.Tensor) -> int:
     """argmax(w / E): a categorical draw proportional to w (w need not be normalised)."""
     return int(torch.argmax(weights[: noise.shape[0]] / noise))
@@ -130,23 +140,21 @@ def accept(p: torch.Tensor, q: torch.Tensor | None, drafts: list[int], argmax_eo
     token is sampled from p_{k+1}. The stop rule (argmax == EOS or token == EOS, token dropped) is applied per
     position in order, exactly where sequential decoding would have applied it. With k = 0 this is plain sampling.
     """
-    k = len(drafts)
+    k, V = len(drafts), p.shape[-1]
     out: list[int] = []
     if k and not bool(torch.isfinite(q).all()):
         raise RuntimeError("the draft returned non-finite probabilities (a broken draft model?)")
+    u, noise = round_noise(k, ban_eos[0], V, generator)
     if k:
-        u = torch.rand(k, generator=generator)
         pd = p[torch.arange(k), drafts]
         qd = q[torch.arange(k), drafts]
         ok = (u * qd < pd).tolist()
     for i in range(k + 1):
         if i < k and ok[i]:
             token = drafts[i]
-        elif i < k:
-            residual = torch.clamp(p[i] - q[i], min=0)
-            token = race(residual, exponential_noise(ban_eos[i], p.shape[-1], generator))
         else:
-            token = race(p[i], exponential_noise(ban_eos[i], p.shape[-1], generator))
+            weights = torch.clamp(p[i] - q[i], min=0) if i < k else p[i]
+            token = race(weights, noise[:V - 1 if ban_eos[i] else V])
         if bool(argmax_eos[i]) or token == eos:
             return Verdict(out, min(i, k), True)
         out.append(token)

@@ -149,6 +149,17 @@ def test_synth_with_a_model_set_writes_audio_and_statistics(model_set, tmp_path)
     assert rc == 0 and "real-time factor" in stdout, err
 
 
+def test_synth_eco_mode_runs_an_int8_gpt_and_says_it_is_lossy(model_set, tmp_path):
+    gpt, _, sovits, voice = model_set
+    common = ("Hello there.", "--gpt", gpt, "--sovits", sovits, "--voice", voice, "--seed", "0")
+    rc, stdout, err = run("synth", *common, "--mode", "eco", "--json", "-o", str(tmp_path / "e.wav"))
+    assert rc == 0 and json.loads(stdout)["lossy"], err
+    rc, stdout, err = run("synth", *common, "--mode", "eco", "-o", str(tmp_path / "e.wav"))
+    assert rc == 0 and "LOSSY" in stdout, err
+    rc, stdout, err = run("synth", *common, "--mode", "fast", "--json", "-o", str(tmp_path / "f.wav"))
+    assert rc == 0 and not json.loads(stdout)["lossy"], err
+
+
 @pytest.mark.parametrize("case,needle", [
     ("empty", "empty"),
     ("k0", "--k"),

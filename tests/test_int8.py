@@ -8,6 +8,7 @@ import torch
 from specdec import SamplingParams
 from specdec.engine import Engine, Request
 from specdec.errors import SpecdecError
+from specdec.models.checkpoint import save_gpt
 from specdec.models.int8 import Int8Linear, quantize_gpt
 from specdec.models.linear import Linear
 from test_spec import ALPHA, PV, _min_p_value, _sample_many, requests, sticky_gpt, tiny_gpt
@@ -55,6 +56,8 @@ def test_quantize_gpt_shares_everything_but_the_block_matmuls():
         quantize_gpt(q)
     with pytest.raises(SpecdecError, match="int8:9"):
         quantize_gpt(gpt, 9)
+    with pytest.raises(SpecdecError, match="refusing to save"):
+        save_gpt(q, "/nonexistent/q.safetensors")
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,7 @@ if not torch.cuda.is_available():
 from specdec.cache import BlockTable, PagePool  # noqa: E402
 from specdec.kernels import AttentionMetadata, new_kv_cache, paged_attention_torch, store_kv_torch  # noqa: E402
 from specdec.kernels import triton_attention  # noqa: E402
+from specdec.sampling import SamplingParams, accept, round_noise, seen_block, warp  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 # |triton - reference| <= atol + rtol·|reference|. fp32: summation order only. fp16/bf16: softmax weights are
@@ -132,17 +133,19 @@ def test_long_context_uses_every_split(dtype):
     torch.testing.assert_close(out.float(), ref, atol=atol, rtol=rtol)
 
 
-def test_engine_with_triton_attention_gives_the_torch_tokens(monkeypatch):
+def test_engine_on_triton_gives_the_torch_tokens(monkeypatch):
     """Prefill, autoregressive decode and speculative verify (layerskip and a small GPT draft) with every attention
-    call on the Triton path, pages and KV splits small enough that contexts cross both: greedy tokens equal
-    torch's."""
+    call and every accept step on the Triton path, pages and KV splits small enough that contexts cross both:
+    greedy tokens equal torch's, and so do sampled tokens for the same seeds."""
     from specdec.engine import Engine
     from test_spec import requests, tiny_gpt
 
     target = tiny_gpt(n_layer=2, d=32, h=2, seed=3, eos_bias=2.0).to(DEVICE)
-    reqs = requests(2, max_new=12)
+    gpt_draft = tiny_gpt(n_layer=1, d=32, h=2, seed=4).to(DEVICE)
+    greedy, sampled = requests(2, max_new=12), requests(2, params=SamplingParams(max_new_tokens=12, seed=5))
+    runs = [(None, greedy), ("layerskip:1", greedy), (gpt_draft, greedy), ("layerskip:1", sampled)]
     monkeypatch.setenv("SPECDEC_ATTENTION", "torch")
-    ref = Engine(target).generate(reqs)
+    refs = [Engine(target, draft, k=3, page_size=16).generate(reqs) for draft, reqs in runs]
     modes = set()
     real = triton_attention.paged_attention
 
@@ -156,9 +159,109 @@ def test_engine_with_triton_attention_gives_the_torch_tokens(monkeypatch):
     monkeypatch.setattr(triton_attention, "TILE_N", 16)
     monkeypatch.setattr(triton_attention, "KV_SPLIT", 16)
     monkeypatch.setenv("SPECDEC_ATTENTION", "triton")
-    for draft in (None, "layerskip:1", tiny_gpt(n_layer=1, d=32, h=2, seed=4).to(DEVICE)):
+    for (draft, reqs), ref in zip(runs, refs):
         modes.clear()
         outs = Engine(target, draft, k=3, page_size=16).generate(reqs)
         for o, r in zip(outs, ref):
             assert torch.equal(o.tokens, r.tokens) and o.finish_reason == r.finish_reason, draft
         assert modes == ({"prefill", "decode"} | ({"verify"} if draft else set())), draft
+    assert any(o.stats.draft_acceptance_rate < 1 for o in refs[-1])  # sampled: some drafts rejected and resampled
+
+
+# ---- sampling -------------------------------------------------------------------------------------------------
+V = 1025
+PARAMS = [SamplingParams(top_k=15), SamplingParams(top_k=5, top_p=0.8, temperature=0.7),
+          SamplingParams(top_k=None, top_p=0.6, temperature=1.3, repetition_penalty=1.0),
+          SamplingParams(top_k=1, repetition_penalty=2.0), SamplingParams(top_k=50, top_p=0.95, temperature=0.0)]
+
+
+def _sampling_batch(seed, n_seq=6):
+    """A verify batch: per sequence a history (seen), the pending token and k drafts, logits with EOS near the top
+    and likely tokens already seen (so the penalty and the stop test matter), params and bans per row."""
+    g = torch.Generator().manual_seed(seed)
+    seqs = []
+    for b in range(n_seq):
+        k = int(torch.randint(0, 6, (1,), generator=g))
+        logits = torch.randn(k + 1, V, generator=g) * 3
+        logits[:, -1] = logits.max(1).values + torch.rand(k + 1, generator=g) - 0.7
+        seen = torch.zeros(V, dtype=torch.bool)
+        seen[torch.randint(0, V - 1, (20,), generator=g)] = True
+        seen[logits[0, :-1].topk(3).indices] = True
+        drafts = torch.randint(0, V, (k,), generator=g)
+        n_gen = int(torch.randint(5, 14, (1,), generator=g))  # some rounds straddle the end of the EOS ban
+        seqs.append((logits, seen, int(torch.randint(0, V - 1, (1,), generator=g)), drafts, n_gen,
+                     PARAMS[(seed + b) % len(PARAMS)]))
+    return seqs
+
+
+def _triton_inputs(seqs):
+    tokens = torch.cat([torch.tensor([pending] + drafts.tolist()) for _, _, pending, drafts, _, _ in seqs])
+    lens = [len(d) + 1 for _, _, _, d, _, _ in seqs]
+    query_start_loc = torch.tensor([0] + torch.tensor(lens).cumsum(0).tolist(), dtype=torch.int32)
+    ban = torch.tensor([n + i < 11 for _, _, _, d, n, _ in seqs for i in range(len(d) + 1)])
+    params = [p for _, _, _, d, _, p in seqs for _ in range(len(d) + 1)]
+    return tokens, query_start_loc, ban, params
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_warp_kernel_matches_torch_warp(seed):
+    from specdec.kernels import triton_sampling
+    seqs = _sampling_batch(seed)
+    tokens, query_start_loc, ban, params = _triton_inputs(seqs)
+    logits = torch.cat([s[0] for s in seqs])
+    seen_rows = torch.cat([seen_block(seen, d) for _, seen, _, d, _, _ in seqs])
+    ref, ref_eos = warp(logits, seen_rows, ban, params)
+    with poisoned_allocations():
+        probs, argmax_eos = triton_sampling.warp(
+            logits.to(DEVICE), torch.stack([s[1] for s in seqs]).to(DEVICE), tokens.to(DEVICE),
+            query_start_loc.to(DEVICE), ban.to(DEVICE), *triton_sampling.row_params(params, V, DEVICE))
+    assert torch.equal(argmax_eos.cpu(), ref_eos)
+    assert torch.equal(probs.cpu() > 0, ref > 0)  # the same tokens survive penalty, ban, top-p and top-k
+    torch.testing.assert_close(probs.cpu(), ref, atol=1e-6, rtol=1e-5)  # softmax rounding only
+
+
+def test_accept_kernel_gives_the_torch_verdicts_for_the_same_seeds():
+    """Same warped probabilities, same generator seeds: the kernel's verdicts are the torch step's, including the
+    stop rule and the 1024-wide race of a banned step."""
+    verdicts = []
+    for seed in range(6):
+        ref, got = _accept_both_ways(seed)
+        assert got == ref, seed
+        verdicts += ref
+    stopped, accepted = {v[2] for v in verdicts}, {v[1] for v in verdicts}
+    assert stopped == {True, False} and {0, 1} <= accepted and max(accepted) > 1  # stops, rejections, acceptance
+
+
+def _accept_both_ways(seed):
+    from specdec.kernels import triton_sampling
+    seqs = _sampling_batch(100 + seed, n_seq=8)
+    tokens, query_start_loc, ban, params = _triton_inputs(seqs)
+    probs, argmax_eos = warp(torch.cat([s[0] for s in seqs]),
+                             torch.cat([seen_block(seen, d) for _, seen, _, d, _, _ in seqs]), ban, params)
+    g = torch.Generator().manual_seed(seed)
+    q_rows, drafts_per_seq, q0 = [], [], 0
+    for _, _, _, d, _, _ in seqs:  # drafts drawn from a distribution near p, so some are accepted, some not
+        k = len(d)
+        q = torch.softmax(torch.log(probs[q0:q0 + k] + 1e-3) + 0.5 * torch.randn(k, V, generator=g), -1)
+        drafts = [int(torch.multinomial(q[i], 1, generator=g)) for i in range(k)]
+        tokens[q0 + 1:q0 + 1 + k] = torch.tensor(drafts, dtype=torch.long)
+        drafts_per_seq.append((drafts, q))
+        q_rows += [q, torch.zeros(1, V)]
+        q0 += k + 1
+    ref, uniform, noise, q0 = [], [], torch.ones(len(seqs), V), 0
+    for b, (drafts, q) in enumerate(drafts_per_seq):
+        k, rows = len(drafts), slice(q0, q0 + len(drafts) + 1)
+        bans = ban[rows].tolist()
+        v = accept(probs[rows], q, drafts, argmax_eos[rows], bans, V - 1, torch.Generator().manual_seed(b))
+        ref.append((v.tokens, v.num_accepted, v.stopped))
+        u, e = round_noise(k, bans[0], V, torch.Generator().manual_seed(b))
+        uniform += [u, torch.zeros(1)]
+        noise[b, :e.shape[0]] = e
+        q0 += k + 1
+    with poisoned_allocations():
+        out = triton_sampling.accept(*(t.to(DEVICE) for t in (probs, torch.cat(q_rows), tokens, argmax_eos, ban,
+                                                              torch.cat(uniform), noise, query_start_loc)))
+    got = []
+    for (drafts, _), (n, token, stop) in zip(drafts_per_seq, out.tolist()):
+        got.append((drafts[:stop], stop, True) if stop >= 0 else (drafts[:n] + [token], n, False))
+    return ref, got
