@@ -105,3 +105,25 @@ def test_pair_examples_use_the_inference_layout():
                                                                                      u.tokens)
         n = e.phones.numel() - u.phones.numel()
         assert any(torch.equal(e.phones[:n], p.phones) and p.speaker == u.speaker for p in utts[:8])
+
+
+def test_incomplete_bundle_is_a_one_line_error(tmp_path):
+    from specdec.errors import SpecdecError
+    with pytest.raises(SpecdecError, match="gpt.safetensors: the demo bundle is incomplete"):
+        demo.load(str(tmp_path))
+
+
+def test_shipped_demo_voice_speaks(tmp_path, capsys):
+    """`specdec synth` with no model options: the bundled demo voice, speculative, writes a wav of plausible length."""
+    import json
+
+    import soundfile as sf
+
+    from specdec.cli import main
+    out = tmp_path / "hello.wav"
+    assert main(["synth", "Hello from specdec.", "-o", str(out), "--seed", "0", "--json", "--voice", "rms"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    audio, sr = sf.read(str(out))
+    assert sr == 16000 and 0.5 < len(audio) / sr < 4.0 and abs(audio).max() > 0.01
+    assert report["voice"] == "rms" and report["num_drafts"] > 0 and report["k"] == 4
+    assert set(demo.load().voices) == {"slt", "rms", "awb", "kal"}

@@ -157,10 +157,10 @@ def main(argv=None) -> int:
     ap.add_argument("--n-tokens", type=int, default=128, help="tokenizer codebook size")
     ap.add_argument("--layers", type=int, default=6)
     ap.add_argument("--width", type=int, default=256)
-    ap.add_argument("--minutes", type=float, default=45, help="GPT training budget (CPU seconds of its own steps)")
+    ap.add_argument("--minutes", type=float, default=52, help="GPT training budget (CPU seconds of its own steps)")
     ap.add_argument("--batch-tokens", type=int, default=4000)
     ap.add_argument("--draft-layers", type=int, default=1)
-    ap.add_argument("--draft-steps", type=int, default=300)
+    ap.add_argument("--draft-steps", type=int, default=500)
     ap.add_argument("--decoder", default="/work/data/demo/decoder.safetensors", help="trained fast decoder")
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "..", "..", "models", "demo"),
                     help="bundle folder")
