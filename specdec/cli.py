@@ -73,6 +73,7 @@ def cmd_synth(args) -> None:
     if not os.path.isdir(out_dir):
         raise SpecdecError(f"{args.out}: the folder {out_dir} does not exist")
     gpt, decoder, frontend, voice, bundle_draft = _load_models(args)
+    frontend.phones(voice.text, voice.language)  # loads the G2P data now: first-audio time measures synthesis
     if preset.get("quantize"):
         from specdec.models.int8 import quantize_gpt
         gpt = quantize_gpt(gpt)
