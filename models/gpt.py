@@ -143,6 +143,19 @@ class GPT(nn.Module):
         """tokens [T], positions [T] (audio positions count from the first prompt token) → [T, d]."""
         return self.audio_embedding(tokens) + self.audio_alpha * self._pe(positions)
 
+    def embed_batch(self, phones: list[torch.Tensor], tokens: list[torch.Tensor],
+                    bert: list[torch.Tensor | None] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Right-padded sequences of text then audio, laid out as at inference, for `forward_dense`:
+        → x [B, T, d] and the prefix-LM mask [B, T, T]."""
+        lens = [p.numel() + t.numel() for p, t in zip(phones, tokens)]
+        T = max(lens)
+        x = torch.zeros(len(lens), T, self.cfg.d_model, dtype=self.dtype, device=self.device)
+        for b, (p, t) in enumerate(zip(phones, tokens)):
+            n, m = p.numel(), t.numel()
+            x[b, :n] = self.embed_text(p, None if bert is None else bert[b])
+            x[b, n:n + m] = self.embed_audio(t, torch.arange(m, device=t.device))
+        return x, prefix_lm_mask(torch.tensor([p.numel() for p in phones]), torch.tensor(lens), T)
+
     # ---- transformer --------------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor, meta: AttentionMetadata, kv_cache: list[tuple[torch.Tensor, torch.Tensor]],
                 start_layer: int = 0, end_layer: int | None = None) -> torch.Tensor:

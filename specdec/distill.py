@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from specdec.models.checkpoint import save_gpt
 from specdec.models.eagle import EagleConfig, EagleDraft, save_eagle
-from specdec.models.gpt import GPT, GPTConfig, prefix_lm_mask
+from specdec.models.gpt import GPT, GPTConfig
 from specdec.sampling import SamplingParams, warp
 
 KINDS = ("gpt", "eagle")
@@ -72,26 +72,27 @@ class _Batch:
 
 
 def _batch(target: GPT, examples: list[Example], params: SamplingParams) -> _Batch:
-    V, d = target.cfg.vocab_size, target.cfg.d_model
-    lens = [e.phones.numel() + e.tokens.numel() for e in examples]
-    B, T = len(examples), max(lens)
-    x = torch.zeros(B, T, d)
-    audio = torch.zeros(B, T, dtype=torch.bool)
-    seen = torch.zeros(B, T, V, dtype=torch.bool)
+    V = target.cfg.vocab_size
     with torch.no_grad():
+        x, mask = _embed(target, examples)
+        B, T = x.shape[:2]
+        audio = torch.zeros(B, T, dtype=torch.bool)
+        seen = torch.zeros(B, T, V, dtype=torch.bool)
         for b, e in enumerate(examples):
             n, m = e.phones.numel(), e.tokens.numel()
-            x[b, :n] = target.embed_text(e.phones, e.bert)
-            x[b, n:n + m] = target.embed_audio(e.tokens, torch.arange(m))
             audio[b, n:n + m - 1] = True  # position t predicts token t+1, an audio token
             hist = torch.zeros(m, V, dtype=torch.bool)
             hist[torch.arange(m), e.tokens] = True
             seen[b, n:n + m] = hist.cumsum(0) > 0  # history up to and including token t
-        mask = prefix_lm_mask(torch.tensor([e.phones.numel() for e in examples]), torch.tensor(lens), T)
         h = target.forward_dense(x, mask)
         ban = torch.zeros(int(audio.sum()), dtype=torch.bool)  # EOS bans depend on the step; training ignores EOS
         p, _ = warp(target.logits(h[audio]), seen[audio], ban, params)
     return _Batch(x, mask, h, audio, p, seen[audio], examples)
+
+
+def _embed(model: GPT, examples: list[Example]) -> tuple[torch.Tensor, torch.Tensor]:
+    return model.embed_batch([e.phones for e in examples], [e.tokens for e in examples],
+                             [e.bert for e in examples])
 
 
 def _shift(h: torch.Tensor) -> torch.Tensor:
@@ -125,11 +126,7 @@ def _logits(target: GPT, draft, batch: _Batch, second: bool = False) -> torch.Te
         if second:
             hat = draft.forward_dense(_shift(hat.detach() if draft.training else hat), batch.x, batch.mask)
         return target.logits(hat[batch.audio])
-    x = torch.zeros(*batch.audio.shape, draft.cfg.d_model)
-    for b, e in enumerate(batch.examples):
-        n, m = e.phones.numel(), e.tokens.numel()
-        x[b, :n] = draft.embed_text(e.phones, e.bert)
-        x[b, n:n + m] = draft.embed_audio(e.tokens, torch.arange(m))
+    x, _ = _embed(draft, batch.examples)  # the draft's own embeddings; the mask is the batch's
     return draft.logits(draft.forward_dense(x, batch.mask)[batch.audio])
 
 

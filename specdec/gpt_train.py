@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from specdec.models.gpt import GPT, GPTConfig, prefix_lm_mask
+from specdec.models.gpt import GPT, GPTConfig
 
 
 @dataclass
@@ -67,19 +67,14 @@ def batch_loss(model: GPT, examples: list[Example]) -> tuple[torch.Tensor, int, 
 
     Position n-1+j (n phones) predicts token j; the last position predicts EOS."""
     eos = model.cfg.eos
-    lens = [len(e) for e in examples]
-    B, T, d = len(examples), max(lens), model.cfg.d_model
-    x = torch.zeros(B, T, d)
+    x, mask = model.embed_batch([e.phones for e in examples], [e.tokens for e in examples])
     sel_b, sel_t, targets = [], [], []
     for b, e in enumerate(examples):
         n, m = e.phones.numel(), e.tokens.numel()
-        x[b, :n] = model.embed_text(e.phones)
-        x[b, n:n + m] = model.embed_audio(e.tokens, torch.arange(m))
         pos = torch.arange(n - 1 + e.loss_from, n + m)
         sel_b.append(torch.full_like(pos, b))
         sel_t.append(pos)
         targets.append(torch.cat([e.tokens[e.loss_from:], torch.tensor([eos])]))
-    mask = prefix_lm_mask(torch.tensor([e.phones.numel() for e in examples]), torch.tensor(lens), T)
     h = model.forward_dense(x, mask)
     logits = model.logits(h[torch.cat(sel_b), torch.cat(sel_t)])
     y = torch.cat(targets)
