@@ -49,6 +49,18 @@ def read_torch_pickle(path: str) -> dict:
     return obj
 
 
+def save_checkpoint(obj, path: str) -> None:
+    """torch.save atomically, for the project's own resumable training state and caches: a run killed mid-write
+    leaves the previous file. Keep `obj` to tensors, dicts, lists and numbers so `load_checkpoint` can read it."""
+    tmp = path + ".tmp"
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str):
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
 def is_safetensors(path: str) -> bool:
     """safetensors starts with its header length (u64, little-endian) and then the JSON header's `{`."""
     with open(path, "rb") as f:

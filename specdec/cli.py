@@ -269,6 +269,7 @@ def cmd_distill(args) -> None:
 
     from specdec import distill
     from specdec.engine import Engine, Request
+    from specdec.models import weights
     from specdec.models.checkpoint import load_gpt
     from specdec.models.text import Frontend
     from specdec.sampling import SamplingParams
@@ -289,7 +290,7 @@ def cmd_distill(args) -> None:
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     data_path = os.path.join(work, "examples.pt")
     if os.path.exists(data_path):  # resume: the target's sequences are generated once
-        examples = [distill.Example(**e) for e in torch.load(data_path, weights_only=True)]
+        examples = [distill.Example(**e) for e in weights.load_checkpoint(data_path)]
     else:
         examples = []
         engine = Engine(target)
@@ -307,7 +308,7 @@ def cmd_distill(args) -> None:
                     prompt = r.prompt if r.prompt is not None else torch.zeros(0, dtype=torch.long)
                     examples.append(distill.Example(r.phones, torch.cat([prompt, o.tokens])))
                 progress.advance(task, len(reqs))
-        torch.save([{"phones": e.phones, "tokens": e.tokens} for e in examples], data_path)
+        weights.save_checkpoint([{"phones": e.phones, "tokens": e.tokens} for e in examples], data_path)
     n_held = max(1, len(examples) // 10)
     cfg = distill.DistillConfig(kind=args.kind, n_layer=args.layers, d_model=args.width, steps=args.steps)
     with Progress(*columns, TextColumn("loss {task.fields[loss]:.3f}"), console=console, transient=True) as progress:

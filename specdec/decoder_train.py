@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
+from specdec.models import weights
 from specdec.models.fast_decoder import FRAMES_PER_TOKEN, FastDecoderConfig, TokenToMel, log_mel, save_fast_decoder
 
 
@@ -60,24 +61,22 @@ def load_corpus(manifest: str, tokens_path: str, cache: str | None = None,
         texts = {r["id"]: r["text"] for r in map(json.loads, f)}
     phones = _phones(texts, symbol_version, cache and f"{cache}.phones-{symbol_version}")
     if cache and os.path.isfile(cache):
-        blob = torch.load(cache)
+        blob = weights.load_checkpoint(cache)
     else:
         blob = _mels(manifest, tokens_path)
         if cache:
-            torch.save(blob, cache + ".tmp")
-            os.replace(cache + ".tmp", cache)
+            weights.save_checkpoint(blob, cache)
     return tuple([Utterance(**u, phones=phones[u["id"]]) for u in blob[k]] for k in ("train", "test"))
 
 
 def _phones(texts: dict[str, str], symbol_version: str, cache: str | None) -> dict[str, torch.Tensor]:
     if cache and os.path.isfile(cache):
-        return torch.load(cache)
+        return weights.load_checkpoint(cache)
     from specdec.models.text.frontend import Frontend
     frontend = Frontend(symbol_version)
     phones = {k: frontend.phones(t, "en")[0] for k, t in texts.items()}
     if cache:
-        torch.save(phones, cache + ".tmp")
-        os.replace(cache + ".tmp", cache)
+        weights.save_checkpoint(phones, cache)
     return phones
 
 
@@ -174,7 +173,7 @@ def train(train_utts: list[Utterance], test_utts: list[Utterance], work_dir: str
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, betas=(0.9, 0.98), weight_decay=cfg.weight_decay)
     step, log = 0, []
     if os.path.isfile(ckpt):
-        state = torch.load(ckpt)
+        state = weights.load_checkpoint(ckpt)
         net.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
         step, log = state["step"], state["log"]
@@ -202,9 +201,8 @@ def train(train_utts: list[Utterance], test_utts: list[Utterance], work_dir: str
             if step % cfg.eval_every == 0 or step == cfg.steps:
                 held = evaluate(net, test_utts, refs)
                 log.append({"step": step, "train_l1": loss_avg, "held_l1": held, "s": time.perf_counter() - t0})
-                torch.save({"model": net.state_dict(), "opt": opt.state_dict(), "step": step, "log": log,
-                            "config": asdict(model_cfg)}, ckpt + ".tmp")
-                os.replace(ckpt + ".tmp", ckpt)
+                weights.save_checkpoint({"model": net.state_dict(), "opt": opt.state_dict(), "step": step,
+                                         "log": log, "config": asdict(model_cfg)}, ckpt)
                 bar.console.print(f"step {step}: train L1 {loss_avg:.3f}, held-out L1 {held:.3f}")
             bar.update(task, completed=step, info=f"L1 {loss_avg:.3f}")
     return net.eval()

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from specdec.models import weights
 from specdec.models.checkpoint import save_gpt
 from specdec.models.eagle import EagleConfig, EagleDraft, save_eagle
 from specdec.models.gpt import GPT, GPTConfig
@@ -187,7 +188,7 @@ def distill(target: GPT, train: list[Example], held_out: list[Example], out_path
     ckpt_path = os.path.join(work_dir, f"distill_{cfg.kind}.pt")
     step, history = 0, []
     if os.path.exists(ckpt_path):
-        state = torch.load(ckpt_path, weights_only=True)
+        state = weights.load_checkpoint(ckpt_path)
         draft.load_state_dict(state["draft"])
         opt.load_state_dict(state["opt"])
         step, history = state["step"], state["history"]
@@ -213,9 +214,8 @@ def distill(target: GPT, train: list[Example], held_out: list[Example], out_path
         if progress:
             progress(step, cfg.steps, loss.item())
         if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-            torch.save({"draft": draft.state_dict(), "opt": opt.state_dict(), "step": step, "history": history},
-                       ckpt_path + ".tmp")
-            os.replace(ckpt_path + ".tmp", ckpt_path)
+            weights.save_checkpoint({"draft": draft.state_dict(), "opt": opt.state_dict(), "step": step,
+                                     "history": history}, ckpt_path)
     after = acceptance(target, draft, held_out, params)
     history.append({"step": step, "alpha": list(after)})
     save_draft(draft.eval(), out_path, target)

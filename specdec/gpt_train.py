@@ -16,11 +16,12 @@ import math
 import os
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.nn.functional as F
 
+from specdec.models import weights
 from specdec.models.gpt import GPT, GPTConfig
 
 
@@ -168,10 +169,10 @@ def train_gpt(model_cfg: GPTConfig, train: list[Utterance], held_out: list[Examp
     ckpt = os.path.join(work_dir, "gpt_train.pt")
     st = TrainState()
     if os.path.exists(ckpt):
-        saved = torch.load(ckpt, weights_only=False)
+        saved = weights.load_checkpoint(ckpt)
         model.load_state_dict(saved["model"])
         opt.load_state_dict(saved["opt"])
-        st = saved["state"]
+        st = TrainState(**saved["state"])
     stream = batches(train, cfg.batch_tokens, cfg.pair_prob, cfg.seed)
     for _ in range(st.step):  # replay the batch order so a resumed run sees what an unbroken run would
         next(stream)
@@ -198,6 +199,5 @@ def train_gpt(model_cfg: GPTConfig, train: list[Utterance], held_out: list[Examp
             if log:
                 log(st.history[-1])
         if st.step % cfg.checkpoint_every == 0 or done:
-            torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "state": st}, ckpt + ".tmp")
-            os.replace(ckpt + ".tmp", ckpt)
+            weights.save_checkpoint({"model": model.state_dict(), "opt": opt.state_dict(), "state": asdict(st)}, ckpt)
     return model.eval(), st
