@@ -7,6 +7,7 @@ processes, thermal state) hit all of them alike; ratios are taken between median
 from __future__ import annotations
 
 import datetime
+import functools
 import json
 import os
 import platform
@@ -16,6 +17,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Callable
 
 import torch
+
+from specdec.stats import SpecStats
 
 Contender = Callable[[], int]  # runs one request, returns tokens generated
 
@@ -187,9 +190,7 @@ def spec_sweep(target, drafts: dict, ks: list[int], requests: list, repeats: int
         row = t.summary()
         row["speedup_vs_AR"] = row["tokens_per_s_median"] / ar
         if name in stats:
-            merged = stats[name][0]
-            for s in stats[name][1:]:
-                merged = merged.merge(s)
+            merged = functools.reduce(SpecStats.merge, stats[name])
             row.update(mean_acceptance_length=merged.mean_acceptance_length,
                        draft_acceptance_rate=merged.draft_acceptance_rate,
                        acceptance_per_position=merged.acceptance_per_position,
@@ -231,9 +232,7 @@ def end_to_end(configs: dict, voice, texts=BENCH_TEXTS, repeats: int = 3, warmup
         runs = stats[name][warmup * len(texts):]
         med = {key: statistics.median(getattr(st, key) for st in runs)
                for key in ("first_chunk_s", "rtf", "gpt_tokens_per_s", "frontend_s", "gpt_s", "decode_s", "audio_s")}
-        gpt = runs[0].gpt
-        for st in runs[1:]:
-            gpt = gpt.merge(st.gpt)
+        gpt = functools.reduce(SpecStats.merge, (st.gpt for st in runs))
         rows.append({"name": name, **med, "mean_acceptance_length": gpt.mean_acceptance_length if gpt.num_drafts
                      else None, "acceptance_per_position": gpt.acceptance_per_position})
     return {"machine": machine(), "texts": list(texts), "voice": voice.name, "rows": rows}
