@@ -140,6 +140,56 @@ def ar_vs_upstream(shape: str = "v2", n_tokens: int = 150, repeats: int = 5, war
             "speedup_median": ours_t["tokens_per_s_median"] / up_t["tokens_per_s_median"]}
 
 
+def decode_floor(shape: str = "v2", context: int = 300, repeats: int = 15, progress=None) -> dict:
+    """What one exact decode step (1 query row over `context` cached tokens) cannot go below on this machine.
+
+    Measured, interleaved, medians (ms): the machine's streaming rate (an fp32 GEMV over 512 MiB, the fastest
+    read torch does here), the target's matmuls alone (the exact fp16-weight GEMM, and fp32 as upstream runs them),
+    decode attention alone (every layer), and the whole pass. Derived: the bytes a step must read (weights as the
+    GEMM stores them + every layer's K/V), the bandwidth floor (those bytes at the streaming rate), the kernel floor
+    (matmuls + attention with the kernels torch ships) and what the pass spends beyond it."""
+    from specdec.cache import PagePool
+    from specdec.kernels import AttentionMetadata, paged_attention_torch
+    exact = random_target(shape)
+    fp32 = _fp32_copy(exact)
+    cfg = exact.cfg
+    page = 64
+    pool = PagePool(-(-(context + 1) // page), page)
+    kv = pool.new_kv(cfg.n_layer, cfg.n_head, cfg.head_dim)
+    blocks = list(range(pool.num_blocks))
+    meta = AttentionMetadata([1], [context + 1], [70], [blocks], page)
+    x = torch.randn(1, cfg.d_model)
+    q = torch.randn(1, cfg.n_head, cfg.head_dim)
+    big = torch.randn(4096, 2**27 // 4096)  # 512 MiB
+    xb = torch.randn(1, 4096)
+
+    def matmuls(gpt):
+        lins = [m for b in gpt.layers for m in (b.qkv, b.out, b.ffn_in, b.ffn_out)] + [gpt.head]
+        xs = {d: torch.randn(1, d) for d in (cfg.d_model, cfg.d_ff)}
+        return lambda: [m(xs[m.in_features]) for m in lins]
+
+    contenders = {"stream 512 MiB": lambda: xb @ big, "fp16-exact matmuls": matmuls(exact),
+                  "fp32 matmuls": matmuls(fp32),
+                  "attention": lambda: [paged_attention_torch(q, k, v, meta) for k, v in kv],
+                  "target pass": lambda: exact.logits(exact(x, meta, kv))}
+    with torch.inference_mode():
+        exact(torch.randn(context + 1, cfg.d_model), AttentionMetadata([context + 1], [context + 1], [70], [blocks],
+                                                                       page), kv)  # fill the cache
+        timings = run_interleaved({k: _one_unit(f) for k, f in contenders.items()}, repeats, 2, progress)
+    ms = {k: 1e3 * statistics.median(t.seconds) for k, t in timings.items()}
+    weights = sum(m.weight.numel() for b in exact.layers for m in (b.qkv, b.out, b.ffn_in, b.ffn_out))
+    weights += exact.head.weight.numel()
+    mb = {"weights_fp16": 2 * weights / 1e6, "weights_fp32": 4 * weights / 1e6,
+          "kv_fp32": 2 * cfg.n_layer * (context + 1) * cfg.d_model * 4 / 1e6}
+    gbps = big.numel() * 4 / ms["stream 512 MiB"] / 1e6
+    kernel_floor = ms["fp16-exact matmuls"] + ms["attention"]
+    return {"machine": machine(), "shape": shape, "context": context, "repeats": repeats, "ms_median": ms,
+            "stream_gb_per_s": gbps, "mb_per_step": mb,
+            "bandwidth_floor_ms": (mb["weights_fp16"] + mb["kv_fp32"]) / gbps,
+            "upstream_bandwidth_floor_ms": (mb["weights_fp32"] + mb["kv_fp32"]) / gbps,
+            "kernel_floor_ms": kernel_floor, "pass_beyond_kernels_ms": ms["target pass"] - kernel_floor}
+
+
 # ---- speculative sweep: every draft kind × k, against the autoregressive path (and upstream) -------------------
 ECO = "eco AR (int8 target, lossy)"
 
@@ -241,7 +291,8 @@ def end_to_end(configs: dict, voice, texts=BENCH_TEXTS, repeats: int = 3, warmup
 def markdown_e2e(res: dict) -> str:
     m = res["machine"]
     lines = [f"End to end (text → 16/32 kHz audio, streaming), voice {res['voice']}, {len(res['texts'])} sentences, "
-             f"{m['cpu']} ({m['cores']} cores), {m['date']}", "",
+             f"{m['cpu']} ({m['cores']} cores), {m['date']}, load average {m.get('load_avg_1min', float('nan')):.1f}",
+             "",
              "| config | first audio (s) | real-time factor | GPT tok/s | front-end / GPT / decoder s per sentence "
              "| mean acceptance length |", "|---|---|---|---|---|---|"]
     for r in res["rows"]:
@@ -253,7 +304,8 @@ def markdown_e2e(res: dict) -> str:
 
 def markdown_table(res: dict) -> str:
     m = res["machine"]
-    lines = [f"GPT-only, {m['cpu']} ({m['cores']} cores), torch {m['torch']}, {m['date']}", "",
+    lines = [f"GPT-only, {m['cpu']} ({m['cores']} cores), torch {m['torch']}, {m['date']}, "
+             f"load average {m.get('load_avg_1min', float('nan')):.1f}", "",
              "| config | tok/s (median) | IQR | × AR | mean acceptance length | acceptance per position |",
              "|---|---|---|---|---|---|"]
     for r in res["rows"]:

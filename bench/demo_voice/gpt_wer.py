@@ -1,11 +1,12 @@
-"""Intelligibility of the demo voice end to end: text → GPT tokens (upstream default sampling) → fast decoder → WER.
+"""Intelligibility of the demo voice end to end: text → GPT tokens → fast decoder → WER.
 
     python bench/demo_voice/gpt_wer.py [--bundle models/demo] [--data /work/data/demo] [--n 60] [--out F.json]
+                                       [--top-k 15] [--temperature 1.0]
 
 Each held-out sentence (split "test": texts never trained on) is spoken by its own speaker's built-in voice
-(the default voice when that speaker is not built in) with `pipeline.synthesize`, top_k 15, top_p 1, T 1,
-repetition penalty 1.35, seed 1000 + i, the bundle's draft at k=4 (speculative decoding is exact, so the audio
-has the distribution of plain sampling). Whisper tiny.en transcribes; WER as in specdec.wer. Also reports the
+(the default voice when that speaker is not built in) with `pipeline.synthesize`, top_k and T as given (upstream's
+15 and 1 by default), top_p 1, repetition penalty 1.35, seed 1000 + i, the bundle's draft at k=4 (speculative
+decoding is exact, so the audio has the distribution of plain sampling). Whisper tiny.en transcribes; WER as in specdec.wer. Also reports the
 decoder's real-time factor (decode seconds / audio seconds, 1 thread) and the whole pipeline's.
 """
 from __future__ import annotations
@@ -29,6 +30,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--data", default="/work/data/demo", help="corpus folder with manifest.jsonl")
     ap.add_argument("--n", type=int, default=60)
     ap.add_argument("--k", type=int, default=4)
+    ap.add_argument("--top-k", type=int, default=15)
+    ap.add_argument("--temperature", type=float, default=1.0)
     ap.add_argument("--save-wavs", default=None, help="folder for the generated wavs")
     ap.add_argument("--out", default="bench/results/demo_voice_gpt_wer.json")
     args = ap.parse_args(argv)
@@ -52,7 +55,8 @@ def main(argv: list[str] | None = None) -> None:
         task = bar.add_task("held-out sentences", total=len(rows))
         for i, row in enumerate(rows):
             voice = bundle.voice(row["speaker"] if row["speaker"] in bundle.voices else None)
-            audio, stats = synthesize(row["text"], tts, voice, params=SamplingParams(seed=1000 + i))
+            params = SamplingParams(top_k=args.top_k, temperature=args.temperature, seed=1000 + i)
+            audio, stats = synthesize(row["text"], tts, voice, params=params)
             items.append((audio, sr, row["text"]))
             decode_s, wall_s, audio_s = decode_s + stats.decode_s, wall_s + stats.wall_s, audio_s + stats.audio_s
             per.append({"id": row["id"], "voice": voice.name, "audio_s": stats.audio_s,
@@ -71,7 +75,8 @@ def main(argv: list[str] | None = None) -> None:
     with open(args.out, "w", encoding="utf-8") as f:
         json.dump({"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                    "machine": f"{platform.machine()} {os.cpu_count()} cpu, torch threads 1",
-                   "bundle": args.bundle or "models/demo", "k": args.k, "sampling": "top_k 15, top_p 1, T 1, rep 1.35",
+                   "bundle": args.bundle or "models/demo", "k": args.k,
+                   "sampling": f"top_k {args.top_k}, top_p 1, T {args.temperature:g}, rep 1.35",
                    **result}, f, indent=1)
 
 
