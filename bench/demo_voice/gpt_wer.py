@@ -1,13 +1,14 @@
 """Intelligibility of the demo voice end to end: text → GPT tokens → fast decoder → WER.
 
     python bench/demo_voice/gpt_wer.py [--bundle models/demo] [--data /work/data/demo] [--n 60] [--out F.json]
-                                       [--top-k 15] [--temperature 1.0]
+                                       [--top-k 15] [--temperature 1.0] [--eco]
 
 Each held-out sentence (split "test": texts never trained on) is spoken by its own speaker's built-in voice
 (the default voice when that speaker is not built in) with `pipeline.synthesize`, top_k and T as given (upstream's
 15 and 1 by default), top_p 1, repetition penalty 1.35, seed 1000 + i, the bundle's draft at k=4 (speculative
-decoding is exact, so the audio has the distribution of plain sampling). Whisper tiny.en transcribes; WER as in specdec.wer. Also reports the
-decoder's real-time factor (decode seconds / audio seconds, 1 thread) and the whole pipeline's.
+decoding is exact, so the audio has the distribution of plain sampling); `--eco` runs the int8 target instead (lossy).
+Whisper tiny.en transcribes; WER as in specdec.wer. Also reports the decoder's real-time factor (decode seconds /
+audio seconds, 1 thread) and the whole pipeline's.
 """
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--k", type=int, default=4)
     ap.add_argument("--top-k", type=int, default=15)
     ap.add_argument("--temperature", type=float, default=1.0)
+    ap.add_argument("--eco", action="store_true", help="int8 target (specdec's lossy eco mode)")
     ap.add_argument("--save-wavs", default=None, help="folder for the generated wavs")
     ap.add_argument("--out", default="bench/results/demo_voice_gpt_wer.json")
     args = ap.parse_args(argv)
@@ -45,7 +47,11 @@ def main(argv: list[str] | None = None) -> None:
     bundle = demo.load(args.bundle)
     with open(os.path.join(args.data, "manifest.jsonl"), encoding="utf-8") as f:
         rows = [r for r in map(json.loads, f) if r.get("split") == "test"][:args.n]
-    tts = TTS(bundle.gpt, bundle.decoder, bundle.frontend, draft=bundle.draft, k=args.k)
+    gpt = bundle.gpt
+    if args.eco:
+        from specdec.models.int8 import quantize_gpt
+        gpt = quantize_gpt(gpt)
+    tts = TTS(gpt, bundle.decoder, bundle.frontend, draft=bundle.draft, k=args.k)
     sr = bundle.decoder.sample_rate
     items, per = [], []
     decode_s = wall_s = audio_s = 0.0
@@ -75,7 +81,7 @@ def main(argv: list[str] | None = None) -> None:
     with open(args.out, "w", encoding="utf-8") as f:
         json.dump({"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                    "machine": f"{platform.machine()} {os.cpu_count()} cpu, torch threads 1",
-                   "bundle": args.bundle or "models/demo", "k": args.k,
+                   "bundle": args.bundle or "models/demo", "k": args.k, "eco (int8 target, lossy)": args.eco,
                    "sampling": f"top_k {args.top_k}, top_p 1, T {args.temperature:g}, rep 1.35",
                    **result}, f, indent=1)
 
