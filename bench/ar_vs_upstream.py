@@ -34,6 +34,6 @@ console.print(f"one decode step over {floor['context']} cached tokens: pass {ms[
 console.print(f"streaming {floor['stream_gb_per_s']:.1f} GB/s; a step reads {mb['weights_fp16']:.0f} MB of weights + "
               f"{mb['kv_fp32']:.0f} MB of K/V → bandwidth floor {floor['bandwidth_floor_ms']:.2f} ms "
               f"(upstream's fp32 weights: {floor['upstream_bandwidth_floor_ms']:.2f} ms)")
-console.print(f"upstream {up_ms:.2f} ms per token → ceiling {up_ms / floor['kernel_floor_ms']:.2f}× with torch's "
+console.print(f"upstream {up_ms:.2f} ms per token → ceiling {up_ms / floor['kernel_floor_ms']:.2f}× with today's "
               f"kernels, {up_ms / floor['bandwidth_floor_ms']:.2f}× at the bandwidth floor")
 write_json(os.path.join(os.path.dirname(__file__), "results", f"ar_vs_upstream_{args.shape}.json"), res)

@@ -1,0 +1,69 @@
+/* Exact fp16-weight linear for a few rows (decode, verification): y = x·W + b with x fp32, W fp16, fp32 FMA
+   accumulation, so every product is exact and outputs differ from an fp32 GEMM over the same values only by summation
+   order. Built and loaded by kernels/cpu_gemv.py. Why it exists: at 1-8 rows the cost is reading W, and FBGEMM's
+   fp16 GEMM reads it at ~half the machine's rate; this kernel streams W in packed column blocks with software
+   prefetch (PF rows ahead; 128 measured best of 8-256 on the 2-core Xeon, 2026-11-26). OpenMP threads are torch's:
+   the loader resolves libgomp.so.1 to the copy torch already loaded. */
+#include <immintrin.h>
+#include <stdint.h>
+#include <string.h>
+
+#ifndef PF
+#define PF 128
+#endif
+#define NB 32 /* output columns per packed block: 4 AVX registers of 8 floats */
+
+/* Pack W [K, N] fp16 (row-major) into [ceil(N/NB)][K][NB] so that a block streams contiguously; pad columns are 0. */
+void fp16_pack(const uint16_t *w, int64_t K, int64_t N, uint16_t *wp) {
+    int64_t nblocks = (N + NB - 1) / NB;
+    for (int64_t b = 0; b < nblocks; b++)
+        for (int64_t k = 0; k < K; k++) {
+            uint16_t *dst = wp + (b * K + k) * NB;
+            int64_t n0 = b * NB, nn = N - n0 < NB ? N - n0 : NB;
+            memcpy(dst, w + k * N + n0, nn * sizeof(uint16_t));
+            memset(dst + nn, 0, (NB - nn) * sizeof(uint16_t));
+        }
+}
+
+#define ROWS(R)                                                                                   \
+    static void rows##R(const float *x, int64_t K, const uint16_t *wb, float out[][NB]) {        \
+        __m256 acc[R][4];                                                                         \
+        for (int i = 0; i < R; i++)                                                               \
+            for (int j = 0; j < 4; j++) acc[i][j] = _mm256_setzero_ps();                          \
+        for (int64_t k = 0; k < K; k++) {                                                         \
+            const uint16_t *wk = wb + k * NB;                                                     \
+            _mm_prefetch((const char *)(wk + PF * NB), _MM_HINT_T0);                              \
+            __m256 w[4];                                                                          \
+            for (int j = 0; j < 4; j++) w[j] = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(wk + 8 * j))); \
+            for (int i = 0; i < R; i++) {                                                         \
+                __m256 xv = _mm256_set1_ps(x[i * K + k]);                                         \
+                for (int j = 0; j < 4; j++) acc[i][j] = _mm256_fmadd_ps(xv, w[j], acc[i][j]);     \
+            }                                                                                     \
+        }                                                                                         \
+        for (int i = 0; i < R; i++)                                                               \
+            for (int j = 0; j < 4; j++) _mm256_storeu_ps(out[i] + 8 * j, acc[i][j]);              \
+    }
+ROWS(1)
+ROWS(2)
+ROWS(3)
+
+/* y [M, N] = x [M, K] · W + bias, W packed by fp16_pack; fp32 accumulation, every product exact. */
+void fp16_linear(const float *x, int64_t M, int64_t K, const uint16_t *wp, int64_t N, const float *bias, float *y) {
+    int64_t nblocks = (N + NB - 1) / NB;
+#pragma omp parallel for schedule(static)
+    for (int64_t b = 0; b < nblocks; b++) {
+        const uint16_t *wb = wp + b * K * NB;
+        int64_t n0 = b * NB, nn = N - n0 < NB ? N - n0 : NB;
+        float out[3][NB];
+        for (int64_t m0 = 0; m0 < M; m0 += 3) {
+            int64_t mm = M - m0 < 3 ? M - m0 : 3;
+            if (mm == 3) rows3(x + m0 * K, K, wb, out);
+            else if (mm == 2) rows2(x + m0 * K, K, wb, out);
+            else rows1(x + m0 * K, K, wb, out);
+            for (int64_t i = 0; i < mm; i++) {
+                float *yr = y + (m0 + i) * N + n0;
+                for (int64_t j = 0; j < nn; j++) yr[j] = out[i][j] + (bias ? bias[n0 + j] : 0.0f);
+            }
+        }
+    }
+}
