@@ -50,6 +50,8 @@ def _lib():
                            timeout=120)
             os.replace(tmp, so)  # atomic: a concurrent builder or a killed one never leaves half a library
         except (OSError, subprocess.SubprocessError):
+            if os.path.exists(tmp):
+                os.remove(tmp)
             return None
     lib = ctypes.CDLL(so)
     p, i = ctypes.c_void_p, ctypes.c_int64
