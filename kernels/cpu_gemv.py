@@ -1,4 +1,5 @@
-"""The exact fp16-weight linear for few rows on x86 CPUs (kernels/fp16_gemv.c), built on first use.
+"""Linears for few rows on x86 CPUs (kernels/fp16_gemv.c), built on first use: the exact fp16-weight one and the
+weight-only int8 one (lossy; specdec.models.int8).
 
 The C source is compiled once per machine with the system C compiler (`$CC`, else `cc`) into
 `$XDG_CACHE_HOME/specdec` (default ~/.cache/specdec), named by the hash of source and flags, and loaded with ctypes
@@ -55,8 +56,9 @@ def _lib():
             return None
     lib = ctypes.CDLL(so)
     p, i = ctypes.c_void_p, ctypes.c_int64
-    lib.fp16_pack.argtypes, lib.fp16_pack.restype = [p, i, i, p], None
-    lib.fp16_linear.argtypes, lib.fp16_linear.restype = [p, i, i, p, i, p, p], None
+    for name in ("fp16", "int8"):
+        getattr(lib, f"{name}_pack").argtypes, getattr(lib, f"{name}_pack").restype = [p, i, i, p], None
+        getattr(lib, f"{name}_linear").argtypes, getattr(lib, f"{name}_linear").restype = [p, i, i, p, i, p, p, p], None
     return lib
 
 
@@ -64,20 +66,40 @@ def available() -> bool:
     return _lib() is not None
 
 
-class PackedFP16:
-    """W [K, N] (fp32 values exactly representable in fp16) packed for `fp16_linear`, with its bias [N] or None."""
+class _Packed:
+    """Weights [K, N] in the kernel's block layout, one scale per column or None, bias [N] or None."""
 
-    def __init__(self, w: torch.Tensor, bias: torch.Tensor | None):
+    kind: str  # "fp16" | "int8"
+
+    def __init__(self, w: torch.Tensor, scale: torch.Tensor | None, bias: torch.Tensor | None):
+        lib = _lib()
         self.K, self.N = w.shape
-        w16 = w.detach().to(torch.float16).contiguous()
-        self.data = torch.empty(-(-self.N // _NB) * self.K * _NB, dtype=torch.float16)
-        _lib().fp16_pack(w16.data_ptr(), self.K, self.N, self.data.data_ptr())
+        w = w.detach().contiguous()
+        self.data = torch.empty(-(-self.N // _NB) * self.K * _NB, dtype=w.dtype)
+        getattr(lib, f"{self.kind}_pack")(w.data_ptr(), self.K, self.N, self.data.data_ptr())
+        self.scale = None if scale is None else scale.detach().float().contiguous()
         self.bias = None if bias is None else bias.detach().float().contiguous()
-        self._fn = _lib().fp16_linear
+        self._fn = getattr(lib, f"{self.kind}_linear")
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """x [M, K] fp32 contiguous → [M, N]."""
         y = torch.empty(x.shape[0], self.N)
         self._fn(x.data_ptr(), x.shape[0], self.K, self.data.data_ptr(), self.N,
+                 None if self.scale is None else self.scale.data_ptr(),
                  None if self.bias is None else self.bias.data_ptr(), y.data_ptr())
         return y
+
+
+class PackedFP16(_Packed):
+    """W [K, N] fp32 whose values are exactly representable in fp16: exact."""
+
+    kind = "fp16"
+
+    def __init__(self, w: torch.Tensor, bias: torch.Tensor | None):
+        super().__init__(w.detach().to(torch.float16), None, bias)
+
+
+class PackedInt8(_Packed):
+    """Q [K, N] int8 with one scale per column [N]: y = (x·Q)·scale + bias."""
+
+    kind = "int8"

@@ -25,45 +25,71 @@ void fp16_pack(const uint16_t *w, int64_t K, int64_t N, uint16_t *wp) {
         }
 }
 
-#define ROWS(R)                                                                                   \
-    static void rows##R(const float *x, int64_t K, const uint16_t *wb, float out[][NB]) {        \
-        __m256 acc[R][4];                                                                         \
-        for (int i = 0; i < R; i++)                                                               \
-            for (int j = 0; j < 4; j++) acc[i][j] = _mm256_setzero_ps();                          \
-        for (int64_t k = 0; k < K; k++) {                                                         \
-            const uint16_t *wk = wb + k * NB;                                                     \
-            _mm_prefetch((const char *)(wk + PF * NB), _MM_HINT_T0);                              \
-            __m256 w[4];                                                                          \
-            for (int j = 0; j < 4; j++) w[j] = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(wk + 8 * j))); \
-            for (int i = 0; i < R; i++) {                                                         \
-                __m256 xv = _mm256_set1_ps(x[i * K + k]);                                         \
-                for (int j = 0; j < 4; j++) acc[i][j] = _mm256_fmadd_ps(xv, w[j], acc[i][j]);     \
-            }                                                                                     \
-        }                                                                                         \
-        for (int i = 0; i < R; i++)                                                               \
-            for (int j = 0; j < 4; j++) _mm256_storeu_ps(out[i] + 8 * j, acc[i][j]);              \
-    }
-ROWS(1)
-ROWS(2)
-ROWS(3)
-
-/* y [M, N] = x [M, K] · W + bias, W packed by fp16_pack; fp32 accumulation, every product exact. */
-void fp16_linear(const float *x, int64_t M, int64_t K, const uint16_t *wp, int64_t N, const float *bias, float *y) {
+void int8_pack(const int8_t *w, int64_t K, int64_t N, int8_t *wp) {
     int64_t nblocks = (N + NB - 1) / NB;
-#pragma omp parallel for schedule(static)
-    for (int64_t b = 0; b < nblocks; b++) {
-        const uint16_t *wb = wp + b * K * NB;
-        int64_t n0 = b * NB, nn = N - n0 < NB ? N - n0 : NB;
-        float out[3][NB];
-        for (int64_t m0 = 0; m0 < M; m0 += 3) {
-            int64_t mm = M - m0 < 3 ? M - m0 : 3;
-            if (mm == 3) rows3(x + m0 * K, K, wb, out);
-            else if (mm == 2) rows2(x + m0 * K, K, wb, out);
-            else rows1(x + m0 * K, K, wb, out);
-            for (int64_t i = 0; i < mm; i++) {
-                float *yr = y + (m0 + i) * N + n0;
-                for (int64_t j = 0; j < nn; j++) yr[j] = out[i][j] + (bias ? bias[n0 + j] : 0.0f);
-            }
+    for (int64_t b = 0; b < nblocks; b++)
+        for (int64_t k = 0; k < K; k++) {
+            int8_t *dst = wp + (b * K + k) * NB;
+            int64_t n0 = b * NB, nn = N - n0 < NB ? N - n0 : NB;
+            memcpy(dst, w + k * N + n0, nn);
+            memset(dst + nn, 0, NB - nn);
         }
-    }
 }
+
+#define LOAD_F16(wk, j) _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((wk) + 8 * (j))))
+#define LOAD_I8(wk, j) _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)((wk) + 8 * (j)))))
+
+/* R rows of x against one packed block [K][NB] of weights of type T → out[R][NB] (no scale, no bias). */
+#define ROWS(NAME, T, LOAD, R)                                                                                \
+    static void NAME##R(const float *x, int64_t K, const T *wb, float out[][NB]) {                         \
+        __m256 acc[R][4];                                                                                   \
+        for (int i = 0; i < R; i++)                                                                         \
+            for (int j = 0; j < 4; j++) acc[i][j] = _mm256_setzero_ps();                                    \
+        for (int64_t k = 0; k < K; k++) {                                                                   \
+            const T *wk = wb + k * NB;                                                                      \
+            _mm_prefetch((const char *)(wk + PF * NB), _MM_HINT_T0);                                        \
+            __m256 w[4];                                                                                    \
+            for (int j = 0; j < 4; j++) w[j] = LOAD(wk, j);                                                 \
+            for (int i = 0; i < R; i++) {                                                                   \
+                __m256 xv = _mm256_set1_ps(x[i * K + k]);                                                   \
+                for (int j = 0; j < 4; j++) acc[i][j] = _mm256_fmadd_ps(xv, w[j], acc[i][j]);               \
+            }                                                                                               \
+        }                                                                                                   \
+        for (int i = 0; i < R; i++)                                                                         \
+            for (int j = 0; j < 4; j++) _mm256_storeu_ps(out[i] + 8 * j, acc[i][j]);                        \
+    }
+ROWS(f16_rows, uint16_t, LOAD_F16, 1)
+ROWS(f16_rows, uint16_t, LOAD_F16, 2)
+ROWS(f16_rows, uint16_t, LOAD_F16, 3)
+ROWS(i8_rows, int8_t, LOAD_I8, 1)
+ROWS(i8_rows, int8_t, LOAD_I8, 2)
+ROWS(i8_rows, int8_t, LOAD_I8, 3)
+
+/* The shared driver: column blocks over OpenMP threads, rows in groups of 3; y = out * scale + bias per column. */
+#define LINEAR(NAME, T, ROWS_FN)                                                                            \
+    void NAME(const float *x, int64_t M, int64_t K, const T *wp, int64_t N, const float *scale,            \
+              const float *bias, float *y) {                                                               \
+        int64_t nblocks = (N + NB - 1) / NB;                                                                \
+        _Pragma("omp parallel for schedule(static)")                                                        \
+        for (int64_t b = 0; b < nblocks; b++) {                                                             \
+            const T *wb = wp + b * K * NB;                                                                  \
+            int64_t n0 = b * NB, nn = N - n0 < NB ? N - n0 : NB;                                            \
+            float out[3][NB];                                                                               \
+            for (int64_t m0 = 0; m0 < M; m0 += 3) {                                                         \
+                int64_t mm = M - m0 < 3 ? M - m0 : 3;                                                       \
+                if (mm == 3) ROWS_FN##3(x + m0 * K, K, wb, out);                                            \
+                else if (mm == 2) ROWS_FN##2(x + m0 * K, K, wb, out);                                       \
+                else ROWS_FN##1(x + m0 * K, K, wb, out);                                                    \
+                for (int64_t i = 0; i < mm; i++) {                                                          \
+                    float *yr = y + (m0 + i) * N + n0;                                                      \
+                    for (int64_t j = 0; j < nn; j++)                                                        \
+                        yr[j] = out[i][j] * (scale ? scale[n0 + j] : 1.0f) + (bias ? bias[n0 + j] : 0.0f);  \
+                }                                                                                           \
+            }                                                                                               \
+        }                                                                                                   \
+    }
+
+/* y [M, N] = x [M, K] · W + bias, W fp16 packed by fp16_pack (scale NULL): fp32 accumulation, every product exact. */
+LINEAR(fp16_linear, uint16_t, f16_rows)
+/* y = (x · Q) * scale + bias, Q int8 packed by int8_pack, one scale per output column (weight-only int8: lossy). */
+LINEAR(int8_linear, int8_t, i8_rows)

@@ -1,73 +1,59 @@
 """int8 weights for the GPT's block matmuls on CPU (lossy: for drafts, which stay exact, and the opt-in eco target).
 
-Kernel: FBGEMM's dynamic int8 GEMM in torch core (`quantized::linear_dynamic`): int8 weights, one symmetric scale
-per output channel, packed once; activations quantised to 7-bit unsigned on the fly (`reduce_range`, so the AVX2
-u8·s8 pair sums cannot saturate int16). bench/int8_costs.py times it against fp32, the exact fp16-weight GEMM and
-torchao: on the shared 2-core Xeon (2026-11-26) a v2 target pass took 0.6× (n=1) and 0.75× (n=5 rows) the time of
-the fp16-weight path. torchao 0.18, where torch's quantisation work now lives, ships no CPU kernels: its int8
-configs run eagerly through `torch._int_mm` or dequantisation and measured slower than plain fp32, so it is not
-used (and not a dependency). torch marks its quantized tensor types deprecated; if a future build drops the op,
-`INT8_GEMM` is False and int8 raises a SpecdecError.
+Weight-only int8 (W8A32): one symmetric scale per output channel, weights rounded to [-127, 127], activations stay
+fp32, y = (x·Q)·scale + b. For 1–8 rows (decode, verification) the project's kernel (kernels/fp16_gemv.c,
+`int8_linear`) streams the int8 weights — a quarter of fp32's bytes; for more rows, or where the kernel cannot be
+built, the same Q as fp32 values goes through torch's GEMM and is scaled after it, so every path computes the same
+products and differs only in summation order: a row's result does not depend on the other rows of its batch, and the
+int8 model is one well-defined distribution.
 
-FBGEMM picks one activation scale for the whole input; mixing the rows of several sequences would make one
-sequence's result depend on the others in its batch (and on k). Each row is therefore divided by its own max |x|
-and a fixed anchor row [-1, 1, 0, …] pins the range to [-1, 1]: every row is quantised on its own, so a batch
-gives each sequence what it gets alone and the int8 model is one well-defined distribution. The row scaling costs
-≈ 7 small ops per call (≈ 40 % over one scale per call at n = 1 in the same bench).
+History: this used FBGEMM's dynamic int8 GEMM (`quantized::linear_dynamic`, activations quantised per call).
+Once the exact fp16-weight GEMV landed, that path was slower per decode row than the *exact* model (v2 shape, 2-core
+Xeon, 2026-11-26: eco 51.3 vs exact 61.3 tok/s), and it needed a per-row rescaling trick to keep batch rows
+independent; weight-only int8 is also the more accurate of the two. torchao 0.18 ships no CPU int8 kernels that
+beat fp32 here.
 """
 from __future__ import annotations
 
 import copy
 import dataclasses
-import warnings
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from specdec.errors import SpecdecError
+from specdec.kernels import cpu_gemv
 from specdec.models.gpt import GPT
 from specdec.models.linear import Linear
 
 
-def _pack(w: torch.Tensor, b: torch.Tensor | None):
-    """w [out, in] fp32 → FBGEMM packed int8 weights (symmetric per-channel scales), b kept outside the GEMM."""
-    scale = (w.abs().amax(1) / 127).clamp_min(1e-12).double()
-    with warnings.catch_warnings():  # torch flags its quantized tensor types as deprecated; the op is what we need
-        warnings.simplefilter("ignore")
-        qw = torch.quantize_per_channel(w, scale, torch.zeros(w.shape[0], dtype=torch.long), 0, torch.qint8)
-    return torch.ops.quantized.linear_prepack(qw, b)
-
-
-def _int8_gemm_available() -> bool:
-    try:
-        torch.ops.quantized.linear_dynamic(torch.zeros(1, 2), _pack(torch.ones(2, 2), None), True)
-        return True
-    except (AttributeError, RuntimeError):
-        return False
-
-
-INT8_GEMM = _int8_gemm_available()
+def quantize_weight(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """w [out, in] → Q [out, in] int8 and scale [out] fp32 (symmetric, per output channel)."""
+    scale = (w.abs().amax(1) / 127).clamp_min(1e-12).float()
+    return torch.round(w / scale[:, None]).clamp_(-127, 127).to(torch.int8), scale
 
 
 class Int8Linear(nn.Module):
-    """Inference-only replacement for a Linear: int8 weights packed at construction, fp32 in and out."""
+    """Inference-only replacement for a Linear: weight-only int8, fp32 in and out."""
 
     def __init__(self, lin: Linear):
         super().__init__()
-        if not INT8_GEMM:
-            raise SpecdecError("int8 needs FBGEMM's quantized::linear_dynamic, which this torch build lacks")
         self.in_features, self.out_features = lin.in_features, lin.out_features
-        self.packed = _pack(lin.weight.detach().float().contiguous(), None)
-        self.register_buffer("bias", None if lin.bias is None else lin.bias.detach().float().clone())
-        anchor = torch.zeros(1, lin.in_features)
-        anchor[0, :2] = torch.tensor([-1.0, 1.0])
-        self.register_buffer("anchor", anchor, persistent=False)  # [1, in]: fixes the quantisation range
+        q, scale = quantize_weight(lin.weight.detach().float())
+        bias = None if lin.bias is None else lin.bias.detach().float().clone()
+        self.register_buffer("scale", scale)
+        self.register_buffer("bias", bias)
+        self.register_buffer("q", q.float(), persistent=False)  # [out, in]: Q as fp32 values, for many rows
+        self.gemv = cpu_gemv.PackedInt8(q.t(), scale, bias) if cpu_gemv.available() else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x2 = x.reshape(-1, self.in_features)  # [n, in]
-        s = x2.abs().amax(1, keepdim=True).clamp_min_(1e-30)  # [n, 1] (cheaper than vector_norm(inf) here)
-        y = torch.ops.quantized.linear_dynamic(torch.cat([x2 / s, self.anchor]), self.packed, True)[:-1].mul_(s)
-        y = y if self.bias is None else y.add_(self.bias)
+        if self.gemv is not None and x2.shape[0] <= cpu_gemv.MAX_ROWS:
+            y = self.gemv(x2.contiguous())
+        else:
+            y = F.linear(x2, self.q).mul_(self.scale)
+            y = y if self.bias is None else y.add_(self.bias)
         return y.view(*x.shape[:-1], self.out_features)
 
 

@@ -399,13 +399,13 @@ def step_costs(shape: str = "v2", rows: tuple[int, ...] = (1, 5), context: int =
                progress=None) -> dict:
     """ms per step at n query rows of one sequence: the 96 block matmuls alone (distinct weights per layer, as the
     real model has) and a whole target pass over `context` cached tokens, for fp32, the exact fp16-weight GEMM,
-    int8 (specdec.models.int8), FBGEMM int8 with one scale per call (no row-wise scaling) and, when installed,
-    torchao's int8 configs. Medians of interleaved repeats."""
+    int8 (specdec.models.int8: weight-only) and, when installed, torchao's int8 configs. Medians of interleaved
+    repeats."""
     import warnings
 
     from specdec.cache import PagePool
     from specdec.kernels import AttentionMetadata
-    from specdec.models.int8 import _pack, quantize_gpt
+    from specdec.models.int8 import quantize_gpt
     exact = random_target(shape)
     models = {"fp32": _fp32_copy(exact), "fp16-exact": exact, "int8": quantize_gpt(exact)}
     cfg = exact.cfg
@@ -422,13 +422,10 @@ def step_costs(shape: str = "v2", rows: tuple[int, ...] = (1, 5), context: int =
                 f(x[d])
         return run
 
-    fbgemm = [(lambda x, p=_pack(m.weight.detach().contiguous(), m.bias.detach()):
-               torch.ops.quantized.linear_dynamic(x, p, True), m.in_features) for m in block_linears(exact)]
     contenders, versions = {}, {}
     for n in rows:
         for name, gpt in models.items():
             contenders[f"{name} matmuls n={n}"] = matmuls([(m, m.in_features) for m in block_linears(gpt)], n)
-        contenders[f"fbgemm int8 one scale per call matmuls n={n}"] = matmuls(fbgemm, n)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for cfg_name in ("Int8WeightOnlyConfig", "Int8DynamicActivationInt8WeightConfig"):
