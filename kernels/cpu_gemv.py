@@ -4,7 +4,8 @@ weight-only int8 one (lossy; specdec.models.int8).
 The C source is compiled once per machine with the system C compiler (`$CC`, else `cc`) into
 `$XDG_CACHE_HOME/specdec` (default ~/.cache/specdec), named by the hash of source and flags, and loaded with ctypes
 (which releases the GIL for the call). Where that cannot happen — not Linux x86-64, no AVX2/F16C/FMA, no compiler,
-or `SPECDEC_CPU_GEMV=0` — `available()` is False and callers keep FBGEMM's fp16 GEMM, which is exact too.
+or `SPECDEC_CPU_GEMV=0` — `available()` is False and callers keep torch's GEMMs (FBGEMM's fp16 GEMM, exact too, for
+the fp16 weights; an fp32 GEMM over the same integers for int8).
 """
 from __future__ import annotations
 
@@ -56,9 +57,9 @@ def _lib():
             return None
     lib = ctypes.CDLL(so)
     p, i = ctypes.c_void_p, ctypes.c_int64
-    for name in ("fp16", "int8"):
-        getattr(lib, f"{name}_pack").argtypes, getattr(lib, f"{name}_pack").restype = [p, i, i, p], None
-        getattr(lib, f"{name}_linear").argtypes, getattr(lib, f"{name}_linear").restype = [p, i, i, p, i, p, p, p], None
+    lib.pack_blocks.argtypes, lib.pack_blocks.restype = [p, i, i, i, p], None
+    for fn in (lib.fp16_linear, lib.int8_linear):
+        fn.argtypes, fn.restype = [p, i, i, p, i, p, p, p], None
     return lib
 
 
@@ -76,7 +77,7 @@ class _Packed:
         self.K, self.N = w.shape
         w = w.detach().contiguous()
         self.data = torch.empty(-(-self.N // _NB) * self.K * _NB, dtype=w.dtype)
-        getattr(lib, f"{self.kind}_pack")(w.data_ptr(), self.K, self.N, self.data.data_ptr())
+        lib.pack_blocks(w.data_ptr(), self.K, self.N, w.element_size(), self.data.data_ptr())
         self.scale = None if scale is None else scale.detach().float().contiguous()
         self.bias = None if bias is None else bias.detach().float().contiguous()
         self._fn = getattr(lib, f"{self.kind}_linear")

@@ -1,6 +1,7 @@
-/* Exact fp16-weight linear for a few rows (decode, verification): y = x·W + b with x fp32, W fp16, fp32 FMA
-   accumulation, so every product is exact and outputs differ from an fp32 GEMM over the same values only by summation
-   order. Built and loaded by kernels/cpu_gemv.py. Why it exists: at 1-8 rows the cost is reading W, and FBGEMM's
+/* Linears for a few rows (decode, verification) with fp32 activations and narrow weights, fp32 FMA accumulation:
+   `fp16_linear` (exact: every product of an fp16 weight is exact, so outputs differ from an fp32 GEMM over the same
+   values only by summation order) and `int8_linear` (weight-only int8, one scale per column: lossy, for
+   specdec.models.int8). Built and loaded by kernels/cpu_gemv.py. Why it exists: at 1-8 rows the cost is reading W, and FBGEMM's
    fp16 GEMM reads it at ~half the machine's rate; this kernel streams W in packed column blocks with software
    prefetch (PF rows ahead; 128 measured best of 8-256 on the 2-core Xeon, 2026-11-26). OpenMP threads are torch's:
    the loader resolves libgomp.so.1 to the copy torch already loaded. */
@@ -13,26 +14,16 @@
 #endif
 #define NB 32 /* output columns per packed block: 4 AVX registers of 8 floats */
 
-/* Pack W [K, N] fp16 (row-major) into [ceil(N/NB)][K][NB] so that a block streams contiguously; pad columns are 0. */
-void fp16_pack(const uint16_t *w, int64_t K, int64_t N, uint16_t *wp) {
+/* Pack W [K, N] (row-major, `elem` bytes per weight: fp16 or int8) into [ceil(N/NB)][K][NB] so that a block streams
+   contiguously; pad columns are 0. */
+void pack_blocks(const char *w, int64_t K, int64_t N, int64_t elem, char *wp) {
     int64_t nblocks = (N + NB - 1) / NB;
     for (int64_t b = 0; b < nblocks; b++)
         for (int64_t k = 0; k < K; k++) {
-            uint16_t *dst = wp + (b * K + k) * NB;
+            char *dst = wp + (b * K + k) * NB * elem;
             int64_t n0 = b * NB, nn = N - n0 < NB ? N - n0 : NB;
-            memcpy(dst, w + k * N + n0, nn * sizeof(uint16_t));
-            memset(dst + nn, 0, (NB - nn) * sizeof(uint16_t));
-        }
-}
-
-void int8_pack(const int8_t *w, int64_t K, int64_t N, int8_t *wp) {
-    int64_t nblocks = (N + NB - 1) / NB;
-    for (int64_t b = 0; b < nblocks; b++)
-        for (int64_t k = 0; k < K; k++) {
-            int8_t *dst = wp + (b * K + k) * NB;
-            int64_t n0 = b * NB, nn = N - n0 < NB ? N - n0 : NB;
-            memcpy(dst, w + k * N + n0, nn);
-            memset(dst + nn, 0, NB - nn);
+            memcpy(dst, w + (k * N + n0) * elem, nn * elem);
+            memset(dst + nn * elem, 0, (NB - nn) * elem);
         }
 }
 
@@ -89,7 +80,7 @@ ROWS(i8_rows, int8_t, LOAD_I8, 3)
         }                                                                                                   \
     }
 
-/* y [M, N] = x [M, K] · W + bias, W fp16 packed by fp16_pack (scale NULL): fp32 accumulation, every product exact. */
+/* y [M, N] = x [M, K] · W + bias, W fp16 packed by pack_blocks (scale NULL): fp32 accumulation, every product exact. */
 LINEAR(fp16_linear, uint16_t, f16_rows)
-/* y = (x · Q) * scale + bias, Q int8 packed by int8_pack, one scale per output column (weight-only int8: lossy). */
+/* y = (x · Q) * scale + bias, Q int8 packed by pack_blocks, one scale per output column (weight-only int8: lossy). */
 LINEAR(int8_linear, int8_t, i8_rows)
