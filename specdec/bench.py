@@ -140,6 +140,25 @@ def ar_vs_upstream(shape: str = "v2", n_tokens: int = 150, repeats: int = 5, war
             "speedup_median": ours_t["tokens_per_s_median"] / up_t["tokens_per_s_median"]}
 
 
+def _block_linears(gpt) -> list:
+    """The 4 matmuls of every block, in execution order (the 96 of a v2 decode step)."""
+    return [m for b in gpt.layers for m in (b.qkv, b.out, b.ffn_in, b.ffn_out)]
+
+
+def _decode_cache(gpt, context: int, rows: int):
+    """Pages of K/V written for `context` + `rows` tokens by `gpt`, and meta(n): the metadata of a pass of n ≤ rows
+    query rows over `context` cached tokens (every key it reads was written)."""
+    from specdec.cache import PagePool
+    from specdec.kernels import AttentionMetadata
+    cfg, page, n_fill = gpt.cfg, 64, context + rows
+    pool = PagePool(-(-n_fill // page), page)
+    kv = pool.new_kv(cfg.n_layer, cfg.n_head, cfg.head_dim)
+    blocks = list(range(pool.num_blocks))
+    with torch.inference_mode():
+        gpt(torch.randn(n_fill, cfg.d_model), AttentionMetadata([n_fill], [n_fill], [70], [blocks], page), kv)
+    return kv, lambda n: AttentionMetadata([n], [context + n], [70], [blocks], page)
+
+
 def decode_floor(shape: str = "v2", context: int = 300, repeats: int = 15, progress=None) -> dict:
     """What one exact decode step (1 query row over `context` cached tokens) cannot go below on this machine.
 
@@ -148,23 +167,19 @@ def decode_floor(shape: str = "v2", context: int = 300, repeats: int = 15, progr
     decode attention alone (every layer), and the whole pass. Derived: the bytes a step must read (weights as the
     GEMM stores them + every layer's K/V), the bandwidth floor (those bytes at the streaming rate), the kernel floor
     (matmuls + attention with the kernels torch ships) and what the pass spends beyond it."""
-    from specdec.cache import PagePool
-    from specdec.kernels import AttentionMetadata, paged_attention_torch
+    from specdec.kernels import paged_attention_torch
     exact = random_target(shape)
     fp32 = _fp32_copy(exact)
     cfg = exact.cfg
-    page = 64
-    pool = PagePool(-(-(context + 1) // page), page)
-    kv = pool.new_kv(cfg.n_layer, cfg.n_head, cfg.head_dim)
-    blocks = list(range(pool.num_blocks))
-    meta = AttentionMetadata([1], [context + 1], [70], [blocks], page)
+    kv, meta_for = _decode_cache(exact, context, 1)
+    meta = meta_for(1)
     x = torch.randn(1, cfg.d_model)
     q = torch.randn(1, cfg.n_head, cfg.head_dim)
     big = torch.randn(4096, 2**27 // 4096)  # 512 MiB
     xb = torch.randn(1, 4096)
 
     def matmuls(gpt):
-        lins = [m for b in gpt.layers for m in (b.qkv, b.out, b.ffn_in, b.ffn_out)] + [gpt.head]
+        lins = _block_linears(gpt) + [gpt.head]
         xs = {d: torch.randn(1, d) for d in (cfg.d_model, cfg.d_ff)}
         return lambda: [m(xs[m.in_features]) for m in lins]
 
@@ -173,12 +188,9 @@ def decode_floor(shape: str = "v2", context: int = 300, repeats: int = 15, progr
                   "attention": lambda: [paged_attention_torch(q, k, v, meta) for k, v in kv],
                   "target pass": lambda: exact.logits(exact(x, meta, kv))}
     with torch.inference_mode():
-        exact(torch.randn(context + 1, cfg.d_model), AttentionMetadata([context + 1], [context + 1], [70], [blocks],
-                                                                       page), kv)  # fill the cache
         timings = run_interleaved({k: _one_unit(f) for k, f in contenders.items()}, repeats, 2, progress)
     ms = {k: 1e3 * statistics.median(t.seconds) for k, t in timings.items()}
-    weights = sum(m.weight.numel() for b in exact.layers for m in (b.qkv, b.out, b.ffn_in, b.ffn_out))
-    weights += exact.head.weight.numel()
+    weights = sum(m.weight.numel() for m in _block_linears(exact) + [exact.head])
     mb = {"weights_fp16": 2 * weights / 1e6, "weights_fp32": 4 * weights / 1e6,
           "kv_fp32": 2 * cfg.n_layer * (context + 1) * cfg.d_model * 4 / 1e6}
     gbps = big.numel() * 4 / ms["stream 512 MiB"] / 1e6
@@ -376,14 +388,13 @@ def _torchao_block_linears(gpt, config_name: str):
     except ImportError:
         return None, None
     lins = []
-    for b in gpt.layers:
-        for m in (b.qkv, b.out, b.ffn_in, b.ffn_out):
-            lin = torch.nn.Linear(m.in_features, m.out_features)
-            with torch.no_grad():
-                lin.weight.copy_(m.weight)
-                lin.bias.copy_(m.bias)
-            tq.quantize_(lin, getattr(tq, config_name)())
-            lins.append(lin)
+    for m in _block_linears(gpt):
+        lin = torch.nn.Linear(m.in_features, m.out_features)
+        with torch.no_grad():
+            lin.weight.copy_(m.weight)
+            lin.bias.copy_(m.bias)
+        tq.quantize_(lin, getattr(tq, config_name)())
+        lins.append(lin)
     return lins, torchao.__version__
 
 
@@ -403,16 +414,11 @@ def step_costs(shape: str = "v2", rows: tuple[int, ...] = (1, 5), context: int =
     repeats."""
     import warnings
 
-    from specdec.cache import PagePool
-    from specdec.kernels import AttentionMetadata
     from specdec.models.int8 import quantize_gpt
     exact = random_target(shape)
     models = {"fp32": _fp32_copy(exact), "fp16-exact": exact, "int8": quantize_gpt(exact)}
     cfg = exact.cfg
     xs = {n: {d: torch.randn(n, d) for d in (cfg.d_model, cfg.d_ff)} for n in rows}
-
-    def block_linears(gpt):
-        return [m for b in gpt.layers for m in (b.qkv, b.out, b.ffn_in, b.ffn_out)]
 
     def matmuls(fns, n):
         x = xs[n]
@@ -425,7 +431,7 @@ def step_costs(shape: str = "v2", rows: tuple[int, ...] = (1, 5), context: int =
     contenders, versions = {}, {}
     for n in rows:
         for name, gpt in models.items():
-            contenders[f"{name} matmuls n={n}"] = matmuls([(m, m.in_features) for m in block_linears(gpt)], n)
+            contenders[f"{name} matmuls n={n}"] = matmuls([(m, m.in_features) for m in _block_linears(gpt)], n)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for cfg_name in ("Int8WeightOnlyConfig", "Int8DynamicActivationInt8WeightConfig"):
@@ -434,19 +440,13 @@ def step_costs(shape: str = "v2", rows: tuple[int, ...] = (1, 5), context: int =
                 versions["torchao"] = version
                 for n in rows:
                     contenders[f"torchao {cfg_name} matmuls n={n}"] = matmuls([(m, m.in_features) for m in lins], n)
-    page = 64
-    pool = PagePool(-(-(context + max(rows)) // page), page)
-    kv = pool.new_kv(cfg.n_layer, cfg.n_head, cfg.head_dim)
-    blocks = list(range(pool.num_blocks))
+    kv, meta_for = _decode_cache(models["fp32"], context, max(rows))
     for n in rows:
-        meta = AttentionMetadata([n], [context + n], [70], [blocks], page)
+        meta = meta_for(n)
         x = torch.randn(n, cfg.d_model)
         for name, gpt in models.items():
             contenders[f"{name} target pass n={n}"] = (lambda g=gpt, m=meta, x=x: g.logits(g(x, m, kv)))
     with torch.inference_mode():
-        with torch.no_grad():
-            models["fp32"](torch.randn(context, cfg.d_model), AttentionMetadata([context], [context], [70], [blocks],
-                                                                               page), kv)  # fill the cache
         timings = run_interleaved({k: _one_unit(f) for k, f in contenders.items()}, repeats, 2, progress)
     ms = {k: 1e3 * statistics.median(t.seconds) for k, t in timings.items()}
     iqr = {k: [1e3 * q for q in statistics.quantiles(t.seconds * 2 if len(t.seconds) < 2 else t.seconds,
