@@ -163,10 +163,10 @@ def decode_floor(shape: str = "v2", context: int = 300, repeats: int = 15, progr
     """What one exact decode step (1 query row over `context` cached tokens) cannot go below on this machine.
 
     Measured, interleaved, medians (ms): the machine's streaming rate (an fp32 GEMV over 512 MiB, the fastest
-    read torch does here), the target's matmuls alone (the exact fp16-weight GEMM, and fp32 as upstream runs them),
+    read torch does here), the target's matmuls alone (the exact fp16-weight path, and fp32 as upstream runs them),
     decode attention alone (every layer), and the whole pass. Derived: the bytes a step must read (weights as the
     GEMM stores them + every layer's K/V), the bandwidth floor (those bytes at the streaming rate), the kernel floor
-    (matmuls + attention with the kernels torch ships) and what the pass spends beyond it."""
+    (matmuls + attention with the kernels in use) and what the pass spends beyond it."""
     from specdec.kernels import paged_attention_torch
     exact = random_target(shape)
     fp32 = _fp32_copy(exact)
