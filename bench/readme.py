@@ -35,21 +35,8 @@ def ar_table(res: dict) -> str:
                      f"{r['tokens_per_s_q3']:.1f} | {r['runs']} |")
     lines += ["", f"**specdec AR = {res['speedup_median']:.2f}× upstream** (same weights, same request, same rounds)."]
     if "floor" in res:
-        lines += ["", floor_text(res["floor"], 1e3 / rows["upstream infer_panel_naive"]["tokens_per_s_median"])]
+        lines += ["", bench.floor_text(res["floor"], 1e3 / rows["upstream infer_panel_naive"]["tokens_per_s_median"])]
     return "\n".join(lines) + "\n"
-
-
-def floor_text(f: dict, upstream_ms: float) -> str:
-    ms, mb = f["ms_median"], f["mb_per_step"]
-    return (f"Where a decode step goes (1 row over {f['context']} cached tokens, `specdec.bench.decode_floor`): the whole "
-            f"pass {ms['target pass']:.2f} ms = exact fp16-weight matmuls {ms['fp16-exact matmuls']:.2f} + attention "
-            f"{ms['attention']:.2f} + {f['pass_beyond_kernels_ms']:.2f} of everything else (fp32 matmuls, as upstream "
-            f"runs them: {ms['fp32 matmuls']:.2f}). The step must read {mb['weights_fp16']:.0f} MB of weights and "
-            f"{mb['kv_fp32']:.0f} MB of K/V; torch streams {f['stream_gb_per_s']:.1f} GB/s here, so no exact step "
-            f"can beat {f['bandwidth_floor_ms']:.2f} ms. Against upstream's {upstream_ms:.2f} ms per token that caps "
-            f"specdec's AR at {upstream_ms / f['kernel_floor_ms']:.2f}× with today's matmul and attention kernels "
-            f"(nothing else in the pass) and at {upstream_ms / f['bandwidth_floor_ms']:.2f}× with kernels that stream "
-            f"at the machine's rate.")
 
 
 def section() -> str:

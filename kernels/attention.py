@@ -73,6 +73,16 @@ class AttentionMetadata:
         rows = [bt[:width] + [0] * (width - len(bt[:width])) for bt in self.block_tables]
         return torch.tensor(rows, dtype=torch.int32, device=self.device)
 
+    @cached_property
+    def row_plan(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(row_seq, row_keys) [T] int32 for the CPU decode kernel: each new token's sequence and how many keys it
+        sees (causal among the new tokens); None when some new token lies in a text prefix (prefill)."""
+        if any(sl - ql < pl for ql, sl, pl in zip(self.query_lens, self.seq_lens, self.prefix_lens)):
+            return None
+        seq = [b for b, ql in enumerate(self.query_lens) for _ in range(ql)]
+        keys = [sl - ql + i + 1 for ql, sl in zip(self.query_lens, self.seq_lens) for i in range(ql)]
+        return torch.tensor(seq, dtype=torch.int32), torch.tensor(keys, dtype=torch.int32)
+
     # ---- plan for the torch path: per sequence, where its keys live and which mask applies -----------------
     @cached_property
     def torch_plan(self) -> list[tuple[int, int, int | torch.Tensor, int, torch.Tensor | None]]:

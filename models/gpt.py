@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from specdec.kernels import AttentionMetadata, paged_attention
+from specdec.kernels import AttentionMetadata, cpu, paged_attention
 from specdec.models.linear import Linear
 
 
@@ -124,6 +124,7 @@ class GPT(nn.Module):
         self.head = Linear(d, cfg.vocab_size, bias=False)
         self.register_buffer("pe", sinusoid_table(4000, d), persistent=False)
         self.quantization: str | None = None  # "int8": lossy block matmuls (specdec.models.int8.quantize_gpt)
+        self._decode_plan = None  # (layers and pages, parameters, their versions, cpu.DecodeLayers or None)
 
     # ---- embeddings ---------------------------------------------------------------------------------------
     def _pe(self, positions: torch.Tensor) -> torch.Tensor:
@@ -161,9 +162,38 @@ class GPT(nn.Module):
                 start_layer: int = 0, end_layer: int | None = None) -> torch.Tensor:
         """Run layers [start_layer, end_layer) on x [T, d], writing each new token's K/V into the pages given by
         `meta.slot_mapping`. kv_cache[i] = (k, v) pages of layer i, each [num_blocks, page_size, H, D]."""
-        for i in range(start_layer, self.cfg.n_layer if end_layer is None else end_layer):
+        end_layer = self.cfg.n_layer if end_layer is None else end_layer
+        run = self._cpu_decode(x, meta, kv_cache, start_layer, end_layer)
+        if run is not None:
+            return run(x, meta.slot_mapping, *meta.row_plan, meta.block_table)
+        for i in range(start_layer, end_layer):
             x = self.layers[i].forward(x, meta, *kv_cache[i])
         return x
+
+    def _cpu_decode(self, x: torch.Tensor, meta: AttentionMetadata, kv_cache, start: int, end: int):
+        """The whole-block C kernel for these layers (decode and verification: few new rows, all past the text
+        prefix, on CPU, every matmul packed for the CPU kernels), or None for the per-op path. Built once per
+        (layers, pages) and rebuilt when a parameter is modified in place (its version counter moves); checking
+        costs ~40 µs per v2 pass, the full (version, storage) key ~100 µs."""
+        if (x.shape[0] > cpu.MAX_ROWS or not x.is_cpu or x.dtype != torch.float32 or meta.backend != "torch"
+                or torch.is_grad_enabled() or not cpu.available() or meta.row_plan is None or start >= end):
+            return None
+        kv = kv_cache[start:end]
+        plan = self._decode_plan
+        where = (start, end, kv[0][0].data_ptr(), kv[-1][1].data_ptr())
+        if plan is None or plan[0] != where or plan[2] != [p._version for p in plan[1]]:
+            params = list(self.layers[start:end].parameters())
+            plan = self._decode_plan = (where, params, [p._version for p in params],
+                                        self._build_cpu_decode(self.layers[start:end], kv))
+        return plan[3]
+
+    def _build_cpu_decode(self, layers, kv):
+        D = self.cfg.head_dim
+        packs = [tuple(m.cpu_pack() for m in (b.qkv, b.out, b.ffn_in, b.ffn_out)) for b in layers]
+        if (D % 8 or D > cpu.MAX_HEAD_DIM or any(p is None for ps in packs for p in ps)
+                or any(t.dtype != torch.float32 or not t.permute(2, 0, 1, 3).is_contiguous() for kvs in kv for t in kvs)):
+            return None
+        return cpu.DecodeLayers(packs, [(b.norm1, b.norm2) for b in layers], kv)
 
     def forward_dense(self, x: torch.Tensor, mask: torch.Tensor, end_layer: int | None = None) -> torch.Tensor:
         """All tokens at once, no cache (training, distillation, teacher-forced evaluation).

@@ -1,8 +1,8 @@
 """int8 weights for the GPT's block matmuls on CPU (lossy: for drafts, which stay exact, and the opt-in eco target).
 
 Weight-only int8 (W8A32): one symmetric scale per output channel, weights rounded to [-127, 127], activations stay
-fp32, y = (x·Q)·scale + b. For 1–8 rows (decode, verification) the project's kernel (kernels/fp16_gemv.c,
-`int8_linear`) streams the int8 weights — a quarter of fp32's bytes; for more rows, or where the kernel cannot be
+fp32, y = (x·Q)·scale + b. For 1–8 rows (decode, verification) the project's kernel (kernels/cpu.c,
+`linear`) streams the int8 weights — a quarter of fp32's bytes; for more rows, or where the kernel cannot be
 built, the same Q as fp32 values goes through torch's GEMM and is scaled after it, so every path computes the same
 products and differs only in summation order: a row's result does not depend on the other rows of its batch, and the
 int8 model is one well-defined distribution.
@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from specdec.errors import SpecdecError
-from specdec.kernels import cpu_gemv
+from specdec.kernels import cpu
 from specdec.models.gpt import GPT
 from specdec.models.linear import Linear
 
@@ -45,11 +45,14 @@ class Int8Linear(nn.Module):
         self.register_buffer("scale", scale)
         self.register_buffer("bias", bias)
         self.register_buffer("q", q.float(), persistent=False)  # [out, in]: Q as fp32 values, for many rows
-        self.gemv = cpu_gemv.PackedInt8(q.t(), scale, bias) if cpu_gemv.available() else None
+        self.gemv = cpu.PackedInt8(q.t(), scale, bias) if cpu.available() else None
+
+    def cpu_pack(self) -> "cpu.PackedInt8 | None":
+        return self.gemv
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x2 = x.reshape(-1, self.in_features)  # [n, in]
-        if self.gemv is not None and x2.shape[0] <= cpu_gemv.MAX_ROWS:
+        if self.gemv is not None and x2.shape[0] <= cpu.MAX_ROWS:
             y = self.gemv(x2.contiguous())
         else:
             y = F.linear(x2, self.q).mul_(self.scale)

@@ -6,7 +6,7 @@ fp32: the same arithmetic as an fp32 GEMM over the same values, reading half the
 the 96 block matmuls of a v2 decode step in 7.0 ms instead of 22.9 ms (measured 2026-11-24). It is used only when
 every weight is exactly representable in fp16 — then nothing is rounded and outputs differ from the fp32 GEMM
 only by summation order — and never while autograd records (training, distillation). For up to
-`cpu_gemv.MAX_ROWS` rows (decode, verification) the project's own kernel (kernels/fp16_gemv.c) does the same
+`cpu.MAX_ROWS` rows (decode, verification) the project's own kernel (kernels/cpu.c) does the same
 arithmetic faster where it builds: FBGEMM reads the weights at about half the machine's streaming rate.
 """
 from __future__ import annotations
@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from specdec.kernels import cpu_gemv
+from specdec.kernels import cpu
 
 
 def _fp16_gemm_available() -> bool:
@@ -39,7 +39,7 @@ class Linear(nn.Linear):
     def __init__(self, in_features: int, out_features: int, bias: bool = True):
         super().__init__(in_features, out_features, bias)
         self.weight = nn.Parameter(self.weight.detach().t().contiguous().t())
-        self._packed = None  # (weight/bias versions and ptrs, (FBGEMM params, cpu_gemv pack or None) or None)
+        self._packed = None  # (weight/bias versions and ptrs, (FBGEMM params, cpu pack or None) or None)
         self.allow_fp16_gemm = True  # False forces the fp32 GEMM (tests compare the two)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -48,9 +48,14 @@ class Linear(nn.Linear):
             if packed is not None:
                 fbgemm, gemv = packed
                 x2 = x if x.dim() == 2 and x.is_contiguous() else x.reshape(-1, x.shape[-1]).contiguous()
-                y = gemv(x2) if gemv is not None and x2.shape[0] <= cpu_gemv.MAX_ROWS else _linear_fp16(x2, fbgemm)
+                y = gemv(x2) if gemv is not None and x2.shape[0] <= cpu.MAX_ROWS else _linear_fp16(x2, fbgemm)
                 return y if x.dim() == 2 else y.view(*x.shape[:-1], self.out_features)
         return F.linear(x, self.weight, self.bias)
+
+    def cpu_pack(self) -> "cpu.PackedFP16 | None":
+        """The packed weights the CPU kernels use (whole decode blocks read them too), or None."""
+        packed = self._packed_fp16()
+        return None if packed is None else packed[1]
 
     def _packed_fp16(self):
         w, b = self._parameters["weight"], self._parameters["bias"]  # direct: this runs ~100 times per step
@@ -62,7 +67,7 @@ class Linear(nn.Linear):
             if exact:
                 fbgemm = torch.ops.quantized.linear_prepack_fp16(w.detach().contiguous(), None if b is None
                                                                  else b.detach())
-                gemv = cpu_gemv.PackedFP16(w.detach().t(), b) if cpu_gemv.available() else None
+                gemv = cpu.PackedFP16(w.detach().t(), b) if cpu.available() else None
                 packed = (fbgemm, gemv)
             self._packed = (key, packed)
         return self._packed[1]

@@ -129,13 +129,13 @@ def test_bench_times_int8_drafts_and_labels_the_eco_target_lossy(tmp_path):
 def test_int8_kernel_and_many_row_path_compute_the_same_products():
     """≤ MAX_ROWS rows take the int8 GEMV kernel, more rows torch's GEMM over the same integers: they may differ
     only in summation order, so a row's result does not depend on how many rows share its call."""
-    from specdec.kernels import cpu_gemv
+    from specdec.kernels import cpu
     q = Int8Linear(_linear())
-    x = torch.randn(cpu_gemv.MAX_ROWS + 3, 256)
+    x = torch.randn(cpu.MAX_ROWS + 3, 256)
     with torch.inference_mode():
         many = q(x)  # the GEMM path
-        few = torch.cat([q(x[i:i + cpu_gemv.MAX_ROWS]) for i in range(0, x.shape[0], cpu_gemv.MAX_ROWS)])
+        few = torch.cat([q(x[i:i + cpu.MAX_ROWS]) for i in range(0, x.shape[0], cpu.MAX_ROWS)])
         ref = (x.double() @ q.q.double().t()) * q.scale.double() + q.bias.double()
     torch.testing.assert_close(many.double(), ref, atol=2e-5, rtol=1e-5)
     torch.testing.assert_close(few.double(), ref, atol=2e-5, rtol=1e-5)
-    assert q.gemv is not None or not cpu_gemv.available()
+    assert q.gemv is not None or not cpu.available()

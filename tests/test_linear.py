@@ -57,19 +57,19 @@ def _fp16_exact(*shape, scale=1.0):
 
 
 def test_cpu_gemv_kernel_matches_float64_reference_on_ragged_shapes():
-    """kernels/fp16_gemv.c against a float64 GEMM: every row count it serves, widths that are not a multiple of its
+    """kernels/cpu.c (`linear`) against a float64 GEMM: every row count it serves, widths that are not a multiple of its
     32-column blocks (the 1025-way head), with and without bias; then both dispatch sides of Linear."""
     import pytest
 
-    from specdec.kernels import cpu_gemv
-    if not cpu_gemv.available():
+    from specdec.kernels import cpu
+    if not cpu.available():
         pytest.skip("no AVX2/F16C CPU or no C compiler: Linear keeps FBGEMM")
     torch.manual_seed(1)
     for K, N in [(512, 1536), (2048, 512), (512, 1025), (256, 129), (64, 7)]:
         w, b = _fp16_exact(K, N, scale=K ** -0.5), _fp16_exact(N)
         for bias in (b, None):
-            packed = cpu_gemv.PackedFP16(w, bias)
-            for M in range(1, cpu_gemv.MAX_ROWS + 1):
+            packed = cpu.PackedFP16(w, bias)
+            for M in range(1, cpu.MAX_ROWS + 1):
                 x = torch.randn(M, K)
                 ref = x.double() @ w.double() + (0 if bias is None else bias.double())
                 torch.testing.assert_close(packed(x).double(), ref, atol=1e-5 * K ** 0.5, rtol=1e-5)
@@ -77,7 +77,7 @@ def test_cpu_gemv_kernel_matches_float64_reference_on_ragged_shapes():
     with torch.inference_mode():
         lin.weight.copy_(lin.weight.half().float())
         lin.bias.copy_(lin.bias.half().float())
-        for M in (1, cpu_gemv.MAX_ROWS, cpu_gemv.MAX_ROWS + 1, 40):  # kernel, kernel, FBGEMM, FBGEMM
+        for M in (1, cpu.MAX_ROWS, cpu.MAX_ROWS + 1, 40):  # kernel, kernel, FBGEMM, FBGEMM
             x = torch.randn(M, 512)
             torch.testing.assert_close(lin(x), x @ lin.weight.t() + lin.bias, atol=2e-5, rtol=1e-5)
-        assert isinstance(lin._packed[1][1], cpu_gemv.PackedFP16)
+        assert isinstance(lin._packed[1][1], cpu.PackedFP16)

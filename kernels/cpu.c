@@ -1,0 +1,281 @@
+/* CPU kernels for few rows (decode, verification) with fp32 activations, built and loaded by kernels/cpu.py.
+
+   Linears: fp32 activations against narrow weights, fp32 FMA accumulation. fp16 weights are exact (every product
+   of an fp16 weight is exact, so outputs differ from an fp32 GEMM over the same values only by summation order);
+   int8 weights with one scale per column are weight-only int8 (lossy, for specdec.models.int8). Why they exist: at
+   1-8 rows the cost is reading W, and FBGEMM's fp16 GEMM reads it at ~half the machine's rate; these stream W in
+   packed column blocks with software prefetch.
+
+   `decode_layers`: whole post-norm blocks (qkv, K/V store into the paged cache, attention, out, residual+LayerNorm,
+   ReLU FFN, residual+LayerNorm) for every layer in one call and one OpenMP parallel region, so a decode step pays
+   no Python, no dispatcher and no thread start-up per op: threads meet at one barrier per stage instead.
+
+   OpenMP threads are torch's: the loader resolves libgomp.so.1 to the copy torch already loaded. */
+#include <immintrin.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#ifndef PF
+#define PF 128 /* rows prefetched ahead by the few-rows kernels (best of 8-256, 2-core Xeon, 2026-11-26) */
+#endif
+#ifndef PF_QUAD
+#define PF_QUAD 32 /* the same for each of the one-row kernel's 4 streams (best of 16-128, 2026-11-26) */
+#endif
+#define NB 32     /* output columns per packed block: 4 AVX registers of 8 floats */
+#define MAX_D 128 /* head_dim the attention kernel accepts (in registers: MAX_D / 8 accumulators) */
+
+/* Pack W [K, N] (row-major, `elem` bytes per weight: fp16 or int8) into [ceil(N/NB)][K][NB] so that a block streams
+   contiguously; pad columns are 0. */
+void pack_blocks(const char *w, int64_t K, int64_t N, int64_t elem, char *wp) {
+    int64_t nblocks = (N + NB - 1) / NB;
+    for (int64_t b = 0; b < nblocks; b++)
+        for (int64_t k = 0; k < K; k++) {
+            char *dst = wp + (b * K + k) * NB * elem;
+            int64_t n0 = b * NB, nn = N - n0 < NB ? N - n0 : NB;
+            memcpy(dst, w + (k * N + n0) * elem, nn * elem);
+            memset(dst + nn * elem, 0, (NB - nn) * elem);
+        }
+}
+
+#define LOAD_F16(wk, j) _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((wk) + 8 * (j))))
+#define LOAD_I8(wk, j) _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)((wk) + 8 * (j)))))
+
+/* R rows of x against one packed block [K][NB] of weights of type T → out[R][NB] (no scale, no bias). */
+#define ROWS(NAME, T, LOAD, R)                                                                                \
+    static void NAME##R(const float *x, int64_t K, const T *wb, float out[][NB]) {                         \
+        __m256 acc[R][4];                                                                                   \
+        for (int i = 0; i < R; i++)                                                                         \
+            for (int j = 0; j < 4; j++) acc[i][j] = _mm256_setzero_ps();                                    \
+        for (int64_t k = 0; k < K; k++) {                                                                   \
+            const T *wk = wb + k * NB;                                                                      \
+            _mm_prefetch((const char *)(wk + PF * NB), _MM_HINT_T0);                                        \
+            __m256 w[4];                                                                                    \
+            for (int j = 0; j < 4; j++) w[j] = LOAD(wk, j);                                                 \
+            for (int i = 0; i < R; i++) {                                                                   \
+                __m256 xv = _mm256_set1_ps(x[i * K + k]);                                                   \
+                for (int j = 0; j < 4; j++) acc[i][j] = _mm256_fmadd_ps(xv, w[j], acc[i][j]);               \
+            }                                                                                               \
+        }                                                                                                   \
+        for (int i = 0; i < R; i++)                                                                         \
+            for (int j = 0; j < 4; j++) _mm256_storeu_ps(out[i] + 8 * j, acc[i][j]);                        \
+    }
+ROWS(f16_rows, uint16_t, LOAD_F16, 1)
+ROWS(f16_rows, uint16_t, LOAD_F16, 2)
+ROWS(f16_rows, uint16_t, LOAD_F16, 3)
+ROWS(i8_rows, int8_t, LOAD_I8, 1)
+ROWS(i8_rows, int8_t, LOAD_I8, 2)
+ROWS(i8_rows, int8_t, LOAD_I8, 3)
+
+/* One row of x against 4 consecutive packed blocks at once → out[4][NB]: four weight streams in flight and 16
+   independent FMA chains, where one block alone leaves a row bound by the FMA latency of its 4 chains. */
+#define QUAD(NAME, T, LOAD)                                                                                 \
+    static void NAME(const float *x, int64_t K, const T *wb, float out[][NB]) {                            \
+        __m256 acc[4][4];                                                                                   \
+        for (int i = 0; i < 4; i++)                                                                         \
+            for (int j = 0; j < 4; j++) acc[i][j] = _mm256_setzero_ps();                                    \
+        for (int64_t k = 0; k < K; k++) {                                                                   \
+            __m256 xv = _mm256_set1_ps(x[k]);                                                               \
+            for (int i = 0; i < 4; i++) {                                                                   \
+                const T *wk = wb + (i * K + k) * NB;                                                        \
+                _mm_prefetch((const char *)(wk + PF_QUAD * NB), _MM_HINT_T0);                               \
+                for (int j = 0; j < 4; j++) acc[i][j] = _mm256_fmadd_ps(xv, LOAD(wk, j), acc[i][j]);        \
+            }                                                                                               \
+        }                                                                                                   \
+        for (int i = 0; i < 4; i++)                                                                         \
+            for (int j = 0; j < 4; j++) _mm256_storeu_ps(out[i] + 8 * j, acc[i][j]);                        \
+    }
+QUAD(f16_quad, uint16_t, LOAD_F16)
+QUAD(i8_quad, int8_t, LOAD_I8)
+
+/* One packed linear: W [K, N] packed by pack_blocks with `elem` bytes per weight (2: fp16, 1: int8), one scale per
+   column or NULL, bias [N] or NULL. Mirrored by ctypes in kernels/cpu.py. */
+typedef struct {
+    const void *w;
+    const float *scale, *bias;
+    int64_t K, N, elem;
+} Lin;
+
+/* y[0:nn] = relu?(acc * scale + bias) for the columns n0.. of one block */
+static void store_cols(const Lin *L, const float *acc, float *y, int64_t n0, int64_t nn, int relu) {
+    for (int64_t j = 0; j < nn; j++) {
+        float v = acc[j] * (L->scale ? L->scale[n0 + j] : 1.0f) + (L->bias ? L->bias[n0 + j] : 0.0f);
+        y[j] = relu && v < 0.0f ? 0.0f : v;
+    }
+}
+
+/* y [M, N] = relu?((x [M, K] · W) * scale + bias). Work units (4 blocks for one row, else 1 block for every row)
+   are shared out with an orphaned `omp for`: called inside a parallel region it splits the work among the team
+   (and ends at its barrier), outside one it runs alone. */
+static void lin_rows(const Lin *L, const float *x, int64_t M, float *y, int relu) {
+    int64_t K = L->K, N = L->N, nblocks = (N + NB - 1) / NB, G = M == 1 ? 4 : 1;
+#pragma omp for schedule(static)
+    for (int64_t u = 0; u < (nblocks + G - 1) / G; u++) {
+        float out[4][NB];
+        if (G == 4 && u * 4 + 4 <= nblocks) {
+            if (L->elem == 2) f16_quad(x, K, (const uint16_t *)L->w + u * 4 * K * NB, out);
+            else i8_quad(x, K, (const int8_t *)L->w + u * 4 * K * NB, out);
+            for (int64_t i = 0, n0 = u * 4 * NB; i < 4; i++, n0 += NB)
+                store_cols(L, out[i], y + n0, n0, N - n0 < NB ? N - n0 : NB, relu);
+            continue;
+        }
+        for (int64_t b = u * G; b < nblocks && b < (u + 1) * G; b++) {
+            int64_t n0 = b * NB, nn = N - n0 < NB ? N - n0 : NB;
+            for (int64_t m0 = 0; m0 < M; m0 += 3) {
+                int64_t mm = M - m0 < 3 ? M - m0 : 3;
+                const float *xm = x + m0 * K;
+                if (L->elem == 2) {
+                    const uint16_t *wb = (const uint16_t *)L->w + b * K * NB;
+                    if (mm == 3) f16_rows3(xm, K, wb, out);
+                    else if (mm == 2) f16_rows2(xm, K, wb, out);
+                    else f16_rows1(xm, K, wb, out);
+                } else {
+                    const int8_t *wb = (const int8_t *)L->w + b * K * NB;
+                    if (mm == 3) i8_rows3(xm, K, wb, out);
+                    else if (mm == 2) i8_rows2(xm, K, wb, out);
+                    else i8_rows1(xm, K, wb, out);
+                }
+                for (int64_t i = 0; i < mm; i++) store_cols(L, out[i], y + (m0 + i) * N + n0, n0, nn, relu);
+            }
+        }
+    }
+}
+
+/* y [M, N] = x [M, K] · W * scale + bias for one packed linear (see Lin), all threads. */
+void linear(const void *w, const float *scale, const float *bias, int64_t K, int64_t N, int64_t elem,
+            const float *x, int64_t M, float *y) {
+    Lin L = {w, scale, bias, K, N, elem};
+#pragma omp parallel
+    lin_rows(&L, x, M, y, 0);
+}
+
+/* ---- decode blocks ------------------------------------------------------------------------------------------ */
+
+/* e^x for x <= 0 (softmax after the max is subtracted): 2^n · p(r), r = x - n·ln2 in [-ln2/2, ln2/2], p the Cephes
+   expf polynomial (relative error ~1e-7, like libm's expf). Below -87.3 the result flushes to e^-87.3 ≈ 1e-38. */
+static inline __m256 exp_neg(__m256 x) {
+    x = _mm256_max_ps(x, _mm256_set1_ps(-87.3f));
+    __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+    p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+}
+
+static inline float hsum(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
+}
+
+/* One query row of one head against its first n keys: out [D] = softmax(q·K^T · scale) · V. Keys live in the
+   head-major page storage `kc`/`vc` ([num_slots][D] for this head): key t sits in slot bt[t / ps] * ps + t % ps.
+   s is scratch for n scores. D is a multiple of 8, at most MAX_D. */
+static void attend_row(const float *q, const float *kc, const float *vc, const int32_t *bt, int64_t ps, int64_t n,
+                       int64_t D, float scale, float *s, float *out) {
+    int64_t nv = D / 8;
+    __m256 qv[MAX_D / 8], acc[MAX_D / 8];
+    for (int64_t j = 0; j < nv; j++) qv[j] = _mm256_mul_ps(_mm256_loadu_ps(q + 8 * j), _mm256_set1_ps(scale));
+    float m = -INFINITY;
+    for (int64_t t0 = 0; t0 < n; t0 += ps) {  /* one page at a time: its keys are contiguous */
+        const float *kp = kc + (int64_t)bt[t0 / ps] * ps * D;
+        int64_t nt = n - t0 < ps ? n - t0 : ps;
+        for (int64_t t = 0; t < nt; t++) {
+            const float *k = kp + t * D;
+            __m256 a = _mm256_mul_ps(qv[0], _mm256_loadu_ps(k));
+            for (int64_t j = 1; j < nv; j++) a = _mm256_fmadd_ps(qv[j], _mm256_loadu_ps(k + 8 * j), a);
+            float v = hsum(a);
+            s[t0 + t] = v;
+            m = v > m ? v : m;
+        }
+    }
+    __m256 mv = _mm256_set1_ps(m), sum = _mm256_setzero_ps();
+    int64_t t = 0;
+    for (; t + 8 <= n; t += 8) {
+        __m256 e = exp_neg(_mm256_sub_ps(_mm256_loadu_ps(s + t), mv));
+        _mm256_storeu_ps(s + t, e);
+        sum = _mm256_add_ps(sum, e);
+    }
+    float total = hsum(sum);
+    for (; t < n; t++) total += (s[t] = expf(s[t] - m));
+    for (int64_t j = 0; j < nv; j++) acc[j] = _mm256_setzero_ps();
+    for (int64_t t0 = 0; t0 < n; t0 += ps) {
+        const float *vp = vc + (int64_t)bt[t0 / ps] * ps * D;
+        int64_t nt = n - t0 < ps ? n - t0 : ps;
+        for (int64_t u = 0; u < nt; u++) {
+            __m256 w = _mm256_set1_ps(s[t0 + u]);
+            for (int64_t j = 0; j < nv; j++) acc[j] = _mm256_fmadd_ps(w, _mm256_loadu_ps(vp + u * D + 8 * j), acc[j]);
+        }
+    }
+    __m256 inv = _mm256_set1_ps(1.0f / total);
+    for (int64_t j = 0; j < nv; j++) _mm256_storeu_ps(out + 8 * j, _mm256_mul_ps(acc[j], inv));
+}
+
+/* x [d] = LayerNorm(x + y) with weight w, bias b (sums in double: the result is independent of the order) */
+static void add_norm(float *x, const float *y, const float *w, const float *b, int64_t d, float eps) {
+    double mean = 0.0, var = 0.0;
+    for (int64_t i = 0; i < d; i++) mean += (x[i] += y[i]);
+    mean /= d;
+    for (int64_t i = 0; i < d; i++) var += (x[i] - mean) * (x[i] - mean);
+    float mu = (float)mean, rstd = (float)(1.0 / sqrt(var / d + eps));
+    for (int64_t i = 0; i < d; i++) x[i] = (x[i] - mu) * rstd * w[i] + b[i];
+}
+
+/* One block's weights and cache. Mirrored by ctypes in kernels/cpu.py. */
+typedef struct {
+    Lin qkv, out, ffn_in, ffn_out;            /* [d, 3d] (q, k, v), [d, d], [d, 4d], [4d, d] */
+    const float *ln1_w, *ln1_b, *ln2_w, *ln2_b;
+    float *k_cache, *v_cache;                 /* head-major page storage [H][num_slots][D] */
+} Layer;
+
+/* Run `n_layer` post-norm blocks on x [T, d] (in place): T new tokens, row r belonging to sequence row_seq[r],
+   stored in cache slot slot_mapping[r] and attending to the first row_keys[r] keys of its sequence (its own
+   included: causal among the new rows, which all sit past the text prefix). block_table [B, W] int32 page ids. */
+void decode_layers(const Layer *layers, int64_t n_layer, float *x, int64_t T, int64_t H, int64_t D, float eps,
+                   const int64_t *slot_mapping, const int32_t *row_seq, const int32_t *row_keys,
+                   const int32_t *block_table, int64_t W, int64_t page_size, int64_t num_slots) {
+    int64_t d = H * D, max_keys = 0;
+    for (int64_t r = 0; r < T; r++) max_keys = row_keys[r] > max_keys ? row_keys[r] : max_keys;
+    float *buf = malloc(sizeof(float) * T * (3 * d + d + d + 4 * d));
+    float *qkv = buf, *att = qkv + T * 3 * d, *o = att + T * d, *h = o + T * d;
+    float scale = 1.0f / sqrtf((float)D);
+#pragma omp parallel
+    {
+        float *s = malloc(sizeof(float) * (max_keys + 8));
+        for (int64_t l = 0; l < n_layer; l++) {
+            const Layer *L = layers + l;
+            lin_rows(&L->qkv, x, T, qkv, 0);
+#pragma omp for schedule(static)
+            for (int64_t r = 0; r < T; r++)
+                for (int64_t hd = 0; hd < H; hd++) {
+                    int64_t dst = (hd * num_slots + slot_mapping[r]) * D;
+                    memcpy(L->k_cache + dst, qkv + r * 3 * d + d + hd * D, sizeof(float) * D);
+                    memcpy(L->v_cache + dst, qkv + r * 3 * d + 2 * d + hd * D, sizeof(float) * D);
+                }
+#pragma omp for schedule(static)
+            for (int64_t i = 0; i < T * H; i++) {
+                int64_t r = i / H, hd = i % H;
+                attend_row(qkv + r * 3 * d + hd * D, L->k_cache + hd * num_slots * D, L->v_cache + hd * num_slots * D,
+                           block_table + row_seq[r] * W, page_size, row_keys[r], D, scale, s, att + r * d + hd * D);
+            }
+            lin_rows(&L->out, att, T, o, 0);
+#pragma omp for schedule(static)
+            for (int64_t r = 0; r < T; r++) add_norm(x + r * d, o + r * d, L->ln1_w, L->ln1_b, d, eps);
+            lin_rows(&L->ffn_in, x, T, h, 1);
+            lin_rows(&L->ffn_out, h, T, o, 0);
+#pragma omp for schedule(static)
+            for (int64_t r = 0; r < T; r++) add_norm(x + r * d, o + r * d, L->ln2_w, L->ln2_b, d, eps);
+        }
+        free(s);
+    }
+    free(buf);
+}

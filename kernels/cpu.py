@@ -1,0 +1,137 @@
+"""CPU kernels for few rows on x86 (kernels/cpu.c), built on first use: the exact fp16-weight linear, the
+weight-only int8 linear (lossy; specdec.models.int8) and whole decode blocks over the paged cache (`DecodeLayers`).
+
+The C source is compiled once per machine with the system C compiler (`$CC`, else `cc`) into
+`$XDG_CACHE_HOME/specdec` (default ~/.cache/specdec), named by the hash of source and flags, and loaded with ctypes
+(which releases the GIL for the call). Where that cannot happen — not Linux x86-64, no AVX2/F16C/FMA, no compiler,
+or `SPECDEC_CPU_KERNELS=0` — `available()` is False and callers keep torch (FBGEMM's fp16 GEMM, exact too, for the
+fp16 weights; an fp32 GEMM over the same integers for int8; the per-op block).
+"""
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import subprocess
+import sys
+
+import torch
+
+MAX_ROWS = 8  # from 9-16 rows on FBGEMM's blocked GEMM is as fast or faster (2-core Xeon, 2026-11-26)
+MAX_HEAD_DIM = 128  # MAX_D in the C source
+_SRC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cpu.c")
+_FLAGS = ["-O3", "-mavx2", "-mf16c", "-mfma", "-fopenmp", "-shared", "-fPIC"]
+_NB = 32  # columns per packed block, as in the C source
+_p, _i, _f = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
+
+
+class _Lin(ctypes.Structure):  # `Lin` in the C source
+    _fields_ = [("w", _p), ("scale", _p), ("bias", _p), ("K", _i), ("N", _i), ("elem", _i)]
+
+
+class _Layer(ctypes.Structure):  # `Layer` in the C source
+    _fields_ = [("qkv", _Lin), ("out", _Lin), ("ffn_in", _Lin), ("ffn_out", _Lin), ("ln1_w", _p), ("ln1_b", _p),
+                ("ln2_w", _p), ("ln2_b", _p), ("k_cache", _p), ("v_cache", _p)]
+
+
+def _cpu_supported() -> bool:
+    if sys.platform != "linux" or platform.machine() != "x86_64":
+        return False
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return False
+    return {"avx2", "f16c", "fma"} <= set(flags)
+
+
+@functools.lru_cache(maxsize=1)
+def _lib():
+    if os.environ.get("SPECDEC_CPU_KERNELS", "1") == "0" or not _cpu_supported():
+        return None
+    with open(_SRC, "rb") as f:
+        key = hashlib.sha256(f.read() + " ".join(_FLAGS).encode()).hexdigest()[:16]
+    cache = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "specdec")
+    so = os.path.join(cache, f"cpu-{key}.so")
+    if not os.path.exists(so):
+        tmp = f"{so}.{os.getpid()}.tmp"
+        try:
+            os.makedirs(cache, exist_ok=True)
+            subprocess.run([os.environ.get("CC", "cc"), *_FLAGS, "-o", tmp, _SRC, "-lm"], check=True,
+                           capture_output=True, timeout=120)
+            os.replace(tmp, so)  # atomic: a concurrent builder or a killed one never leaves half a library
+        except (OSError, subprocess.SubprocessError):
+            if os.path.exists(tmp):
+                os.remove(tmp)
+            return None
+    lib = ctypes.CDLL(so)
+    lib.pack_blocks.argtypes, lib.pack_blocks.restype = [_p, _i, _i, _i, _p], None
+    lib.linear.argtypes, lib.linear.restype = [_p, _p, _p, _i, _i, _i, _p, _i, _p], None
+    lib.decode_layers.argtypes = [_p, _i, _p, _i, _i, _i, _f, _p, _p, _p, _p, _i, _i, _i]
+    lib.decode_layers.restype = None
+    return lib
+
+
+def available() -> bool:
+    return _lib() is not None
+
+
+class _Packed:
+    """Weights [K, N] in the kernel's block layout, one scale per column or None, bias [N] or None."""
+
+    def __init__(self, w: torch.Tensor, scale: torch.Tensor | None, bias: torch.Tensor | None):
+        lib = _lib()
+        self.K, self.N = w.shape
+        w = w.detach().contiguous()
+        self.data = torch.empty(-(-self.N // _NB) * self.K * _NB, dtype=w.dtype)
+        lib.pack_blocks(w.data_ptr(), self.K, self.N, w.element_size(), self.data.data_ptr())
+        self.scale = None if scale is None else scale.detach().float().contiguous()
+        self.bias = None if bias is None else bias.detach().float().contiguous()
+        self.lin = _Lin(self.data.data_ptr(), None if self.scale is None else self.scale.data_ptr(),
+                        None if self.bias is None else self.bias.data_ptr(), self.K, self.N, w.element_size())
+        self._args = (self.lin.w, self.lin.scale, self.lin.bias, self.K, self.N, self.lin.elem)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """x [M, K] fp32 contiguous → [M, N]."""
+        y = torch.empty(x.shape[0], self.N)
+        _lib().linear(*self._args, x.data_ptr(), x.shape[0], y.data_ptr())
+        return y
+
+
+class PackedFP16(_Packed):
+    """W [K, N] fp32 whose values are exactly representable in fp16: exact."""
+
+    def __init__(self, w: torch.Tensor, bias: torch.Tensor | None):
+        super().__init__(w.detach().to(torch.float16), None, bias)
+
+
+class PackedInt8(_Packed):
+    """Q [K, N] int8 with one scale per column [N]: y = (x·Q)·scale + bias."""
+
+
+class DecodeLayers:
+    """Whole post-norm blocks for up to MAX_ROWS new tokens in one C call (`decode_layers`): per layer the packed
+    qkv / out / ffn_in / ffn_out linears, the two LayerNorms and that layer's K/V pages (head-major storage, see
+    specdec.kernels.attention). Holds references to everything it points at."""
+
+    def __init__(self, linears: list[tuple[_Packed, _Packed, _Packed, _Packed]], norms: list[tuple[torch.nn.LayerNorm,
+                 torch.nn.LayerNorm]], kv: list[tuple[torch.Tensor, torch.Tensor]]):
+        self.keep = (linears, norms, kv)
+        nb, ps, self.H, self.D = kv[0][0].shape
+        self.num_slots, self.page_size, self.eps = nb * ps, ps, norms[0][0].eps
+        self.layers = (_Layer * len(linears))(*[
+            _Layer(*(p.lin for p in lins), n1.weight.data_ptr(), n1.bias.data_ptr(), n2.weight.data_ptr(),
+                   n2.bias.data_ptr(), k.data_ptr(), v.data_ptr())
+            for lins, (n1, n2), (k, v) in zip(linears, norms, kv)])
+
+    def __call__(self, x: torch.Tensor, slot_mapping: torch.Tensor, row_seq: torch.Tensor, row_keys: torch.Tensor,
+                 block_table: torch.Tensor) -> torch.Tensor:
+        """x [T, d] fp32 → [T, d]; slot_mapping [T] int64, row_seq / row_keys [T] int32, block_table [B, W] int32
+        (see decode_layers in the C source)."""
+        x = x.contiguous().clone()
+        _lib().decode_layers(self.layers, len(self.layers), x.data_ptr(), x.shape[0], self.H, self.D, self.eps,
+                             slot_mapping.data_ptr(), row_seq.data_ptr(), row_keys.data_ptr(), block_table.data_ptr(),
+                             block_table.shape[1], self.page_size, self.num_slots)
+        return x

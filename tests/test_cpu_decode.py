@@ -1,0 +1,107 @@
+"""The whole-block CPU decode kernel (kernels/cpu.c `decode_layers`) against the per-op torch path: random ragged
+batches over shuffled pages, fp16-exact and int8 weights; when it must step aside; rebuilt after a weight update."""
+import random
+
+import pytest
+import torch
+
+from specdec.cache import PagePool
+from specdec.kernels import AttentionMetadata, cpu
+from specdec.models.gpt import GPT, GPTConfig
+from specdec.models.int8 import quantize_gpt
+
+pytestmark = pytest.mark.skipif(not cpu.available(), reason="no AVX2/F16C CPU or no C compiler")
+
+
+def _gpt(n_layer=3, d=64, h=4, fp16=True, seed=0) -> GPT:
+    torch.manual_seed(seed)
+    gpt = GPT(GPTConfig(n_layer=n_layer, d_model=d, n_head=h, phoneme_vocab_size=64))
+    with torch.no_grad():
+        for name, p in gpt.named_parameters():
+            p.copy_(1 + 0.1 * torch.randn(p.shape) if "norm" in name and name.endswith("weight")
+                    else torch.randn(p.shape) / (p.shape[-1] ** 0.5 if p.ndim > 1 else 10))
+            if fp16:
+                p.copy_(p.half().float())
+    return gpt.eval()
+
+
+def _per_op(gpt: GPT, x, meta, kv):
+    for i, layer in enumerate(gpt.layers):
+        x = layer.forward(x, meta, *kv[i])
+    return x
+
+
+def _ragged_batch(gpt: GPT, rng: random.Random, page_size: int):
+    """Two page pools (one per path) holding the same prefilled sequences on scattered pages, and the metadata of
+    a pass of 1-4 new rows per sequence (≤ 8 in all), each sequence with its own text prefix and context."""
+    cfg = gpt.cfg
+    B = rng.randint(1, 3)
+    contexts = [rng.randint(1, 150) for _ in range(B)]
+    prefixes = [rng.randint(1, c) for c in contexts]
+    qlens = [rng.randint(1, 8 // B) for _ in range(B)]
+    need = [-(-(c + q) // page_size) for c, q in zip(contexts, qlens)]
+    pages = rng.sample(range(sum(need) + 5), sum(need))  # distinct, in no order
+    tables = [pages[sum(need[:b]):sum(need[:b + 1])] for b in range(B)]
+    kvs = [PagePool(sum(need) + 5, page_size).new_kv(cfg.n_layer, cfg.n_head, cfg.head_dim) for _ in range(2)]
+    x_prefill = torch.randn(sum(contexts), cfg.d_model)
+    with torch.inference_mode():
+        for kv in kvs:  # prefill: the per-op path (its rows lie in the text prefix)
+            _per_op(gpt, x_prefill, AttentionMetadata(contexts, contexts, prefixes, tables, page_size), kv)
+    meta = AttentionMetadata(qlens, [c + q for c, q in zip(contexts, qlens)], prefixes, tables, page_size)
+    return kvs, meta, torch.randn(sum(qlens), cfg.d_model)
+
+
+@pytest.mark.parametrize("int8", [False, True], ids=["fp16-exact", "int8"])
+def test_decode_kernel_matches_per_op_path_on_random_ragged_batches(int8):
+    rng = random.Random(7)
+    for trial in range(12):
+        gpt = _gpt(n_layer=2, d=rng.choice([64, 96]), h=rng.choice([2, 4]), seed=trial)
+        gpt = quantize_gpt(gpt) if int8 else gpt
+        page_size = rng.choice([4, 16, 64])
+        (kv_fused, kv_ref), meta, x = _ragged_batch(gpt, rng, page_size)
+        with torch.inference_mode():
+            assert gpt._cpu_decode(x, meta, kv_fused, 0, gpt.cfg.n_layer) is not None
+            got = gpt(x, meta, kv_fused)
+            ref = _per_op(gpt, x, meta, kv_ref)
+        torch.testing.assert_close(got, ref, atol=2e-5, rtol=1e-5)
+        for (k1, v1), (k2, v2) in zip(kv_fused, kv_ref):  # the new K/V landed in the same slots
+            slots = meta.slot_mapping
+            torch.testing.assert_close(k1.flatten(0, 1)[slots], k2.flatten(0, 1)[slots], atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(v1.flatten(0, 1)[slots], v2.flatten(0, 1)[slots], atol=1e-5, rtol=1e-5)
+
+
+def test_decode_kernel_steps_aside_where_it_does_not_apply():
+    gpt = _gpt()
+    pool = PagePool(4, 16)
+    kv = pool.new_kv(gpt.cfg.n_layer, gpt.cfg.n_head, gpt.cfg.head_dim)
+    decode = AttentionMetadata([1], [20], [10], [[0, 1]], 16)
+    with torch.inference_mode():
+        assert gpt._cpu_decode(torch.randn(1, 64), decode, kv, 0, 3) is not None
+        assert gpt._cpu_decode(torch.randn(1, 64), decode, kv, 1, 3) is not None  # a layer range (layerskip)
+        prefill = AttentionMetadata([5], [5], [3], [[0]], 16)  # rows inside the text prefix: bidirectional
+        assert gpt._cpu_decode(torch.randn(5, 64), prefill, kv, 0, 3) is None
+        many = AttentionMetadata([cpu.MAX_ROWS + 1], [20], [10], [[0, 1]], 16)
+        assert gpt._cpu_decode(torch.randn(cpu.MAX_ROWS + 1, 64), many, kv, 0, 3) is None
+        assert gpt._cpu_decode(torch.randn(1, 64).double(), decode, kv, 0, 3) is None
+    assert gpt._cpu_decode(torch.randn(1, 64), decode, kv, 0, 3) is None  # autograd recording: training
+    fp32 = _gpt(fp16=False)  # weights fp16 cannot hold exactly: no packed linears, the fp32 GEMM per op
+    with torch.inference_mode():
+        assert fp32._cpu_decode(torch.randn(1, 64), decode, kv, 0, 3) is None
+
+
+def test_decode_kernel_follows_in_place_weight_updates():
+    gpt = _gpt()
+    pool = PagePool(4, 16)
+    kv = pool.new_kv(gpt.cfg.n_layer, gpt.cfg.n_head, gpt.cfg.head_dim)
+    meta = AttentionMetadata([1], [20], [10], [[2, 0]], 16)
+    x = torch.randn(1, 64)
+    with torch.inference_mode():
+        for k, v in kv:
+            k.normal_(), v.normal_()
+        before = gpt(x, meta, kv)
+        gpt.layers[1].ffn_in.weight.mul_(0.5)
+        gpt.layers[2].norm2.bias.add_(1.0)
+        after = gpt(x, meta, kv)
+        ref = _per_op(gpt, x, meta, kv)
+    assert not torch.allclose(before, after)
+    torch.testing.assert_close(after, ref, atol=2e-5, rtol=1e-5)
