@@ -71,11 +71,17 @@ def _lib():
     lib.linear.argtypes, lib.linear.restype = [_p, _p, _p, _i, _i, _i, _p, _i, _p], None
     lib.decode_layers.argtypes = [_p, _i, _p, _i, _i, _i, _f, _p, _p, _p, _p, _i, _i, _i]
     lib.decode_layers.restype = None
+    lib.set_avx512.argtypes, lib.set_avx512.restype = [ctypes.c_int], ctypes.c_int
     return lib
 
 
 def available() -> bool:
     return _lib() is not None
+
+
+def use_avx512(on: bool) -> bool:
+    """Let the few-rows kernels use AVX-512 where the CPU has it (the default); returns whether they now do."""
+    return bool(_lib().set_avx512(int(on)))
 
 
 class _Packed:

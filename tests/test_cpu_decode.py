@@ -51,8 +51,17 @@ def _ragged_batch(gpt: GPT, rng: random.Random, page_size: int):
     return kvs, meta, torch.randn(sum(qlens), cfg.d_model)
 
 
+@pytest.fixture(params=[True, False], ids=["avx512", "avx2"])
+def avx512(request):
+    if request.param and not cpu.use_avx512(True):
+        pytest.skip("no AVX-512 on this CPU")
+    cpu.use_avx512(request.param)
+    yield
+    cpu.use_avx512(True)
+
+
 @pytest.mark.parametrize("int8", [False, True], ids=["fp16-exact", "int8"])
-def test_decode_kernel_matches_per_op_path_on_random_ragged_batches(int8):
+def test_decode_kernel_matches_per_op_path_on_random_ragged_batches(int8, avx512):
     rng = random.Random(7)
     for trial in range(12):
         gpt = _gpt(n_layer=2, d=rng.choice([64, 96]), h=rng.choice([2, 4]), seed=trial)

@@ -57,22 +57,28 @@ def _fp16_exact(*shape, scale=1.0):
 
 
 def test_cpu_gemv_kernel_matches_float64_reference_on_ragged_shapes():
-    """kernels/cpu.c (`linear`) against a float64 GEMM: every row count it serves, widths that are not a multiple of its
-    32-column blocks (the 1025-way head), with and without bias; then both dispatch sides of Linear."""
+    """kernels/cpu.c (`linear`) against a float64 GEMM: every row count it serves, widths that are not a multiple of
+    its 32-column blocks (the 1025-way head) or of the one-row kernel's 4 blocks, with and without bias, with the
+    AVX-512 and the AVX2 rows kernels; then both dispatch sides of Linear."""
     import pytest
 
     from specdec.kernels import cpu
     if not cpu.available():
         pytest.skip("no AVX2/F16C CPU or no C compiler: Linear keeps FBGEMM")
     torch.manual_seed(1)
-    for K, N in [(512, 1536), (2048, 512), (512, 1025), (256, 129), (64, 7)]:
-        w, b = _fp16_exact(K, N, scale=K ** -0.5), _fp16_exact(N)
-        for bias in (b, None):
-            packed = cpu.PackedFP16(w, bias)
-            for M in range(1, cpu.MAX_ROWS + 1):
-                x = torch.randn(M, K)
-                ref = x.double() @ w.double() + (0 if bias is None else bias.double())
-                torch.testing.assert_close(packed(x).double(), ref, atol=1e-5 * K ** 0.5, rtol=1e-5)
+    try:
+        for avx512 in {cpu.use_avx512(True), False}:  # the AVX-512 rows kernels where the CPU has them, AVX2 always
+            cpu.use_avx512(avx512)
+            for K, N in [(512, 1536), (2048, 512), (512, 1025), (256, 129), (64, 7), (128, 100)]:
+                w, b = _fp16_exact(K, N, scale=K ** -0.5), _fp16_exact(N)
+                for bias in (b, None):
+                    packed = cpu.PackedFP16(w, bias)
+                    for M in range(1, cpu.MAX_ROWS + 1):
+                        x = torch.randn(M, K)
+                        ref = x.double() @ w.double() + (0 if bias is None else bias.double())
+                        torch.testing.assert_close(packed(x).double(), ref, atol=1e-5 * K ** 0.5, rtol=1e-5)
+    finally:
+        cpu.use_avx512(True)
     lin = Linear(512, 1025)
     with torch.inference_mode():
         lin.weight.copy_(lin.weight.half().float())
