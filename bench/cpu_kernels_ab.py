@@ -25,14 +25,14 @@ if not cpu.available():
     raise SystemExit("the CPU kernels are not available here (no AVX2/F16C CPU or no C compiler)")
 gpt = random_target(args.shape)
 phones, prompt = fixed_request(phoneme_vocab_size=gpt.cfg.phoneme_vocab_size)
-rows, whole_blocks = cpu.MAX_ROWS, gpt._cpu_decode
+rows, whole_blocks = cpu.MAX_ROWS, gpt.layers._cpu_decode
 tokens = {}
 
 
 def contender(name: str, max_rows: int, blocks: bool):
     def run() -> int:
         cpu.MAX_ROWS = max_rows  # 0: every matmul takes FBGEMM (and no pass fits the block kernel)
-        gpt._cpu_decode = whole_blocks if blocks else lambda *a: None  # None: the per-op path
+        gpt.layers._cpu_decode = whole_blocks if blocks else lambda *a: None  # None: the per-op path
         tokens[name] = specdec.generate(gpt, phones, prompt, top_k=15, max_new_tokens=args.tokens, seed=0).tokens
         return len(tokens[name])
     return run

@@ -95,9 +95,20 @@ class _Packed:
         lib.pack_blocks(w.data_ptr(), self.K, self.N, w.element_size(), self.data.data_ptr())
         self.scale = None if scale is None else scale.detach().float().contiguous()
         self.bias = None if bias is None else bias.detach().float().contiguous()
+        self._bind()
+
+    def _bind(self) -> None:
         self.lin = _Lin(self.data.data_ptr(), None if self.scale is None else self.scale.data_ptr(),
-                        None if self.bias is None else self.bias.data_ptr(), self.K, self.N, w.element_size())
+                        None if self.bias is None else self.bias.data_ptr(), self.K, self.N, self.data.element_size())
         self._args = (self.lin.w, self.lin.scale, self.lin.bias, self.K, self.N, self.lin.elem)
+
+    # copies and pickles (deepcopy of a model) carry the tensors and point at their own
+    def __getstate__(self) -> dict:
+        return {"K": self.K, "N": self.N, "data": self.data, "scale": self.scale, "bias": self.bias}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._bind()
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """x [M, K] fp32 contiguous → [M, N]."""

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, fields
 import torch
 from specdec.kernels import AttentionMetadata
 from specdec.models import weights
-from specdec.models.gpt import Block, GPTConfig
+from specdec.models.gpt import Block, Blocks, GPTConfig
 from specdec.models.linear import Linear
 from torch import nn
 
@@ -55,14 +55,11 @@ class EagleDraft(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.fc = Linear(2 * cfg.d_model, cfg.d_model)
-        self.layers = nn.ModuleList(Block(cfg.block_config()) for _ in range(cfg.n_layer))
+        self.layers = Blocks(Block(cfg.block_config()) for _ in range(cfg.n_layer))
 
     def forward(self, h_prev: torch.Tensor, x_emb: torch.Tensor, meta: AttentionMetadata, kv_cache: list) -> torch.Tensor:
         """h_prev, x_emb [T, d] → ĥ [T, d], writing the draft's K/V through `meta.slot_mapping`."""
-        x = self.fc(torch.cat([h_prev, x_emb], dim=-1))
-        for layer, (k, v) in zip(self.layers, kv_cache):
-            x = layer(x, meta, k, v)
-        return x
+        return self.layers.forward(self.fc(torch.cat([h_prev, x_emb], dim=-1)), meta, kv_cache)
 
     def forward_dense(self, h_prev: torch.Tensor, x_emb: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Training path: [B, T, d] each, mask [B, T, T] bool (True = attend)."""

@@ -11,6 +11,7 @@ The model never owns a KV cache: `forward` reads and writes the pages it is hand
 from __future__ import annotations
 
 import math
+import weakref
 from dataclasses import asdict, dataclass, fields
 
 import torch
@@ -18,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from specdec.kernels import AttentionMetadata, cpu, paged_attention
-from specdec.models.linear import Linear
+from specdec.models.linear import Linear, version
 
 
 @dataclass(frozen=True)
@@ -110,6 +111,58 @@ class Block(nn.Module):
         return self.norm2(x + self.ffn_out(F.relu(self.ffn_in(x))))
 
 
+# per Blocks: (layers and pages, parameters, their versions, cpu.DecodeLayers or None). Kept outside the module so
+# that deep copies and pickles never carry pointers into the original's weights.
+_CPU_PLANS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+class Blocks(nn.ModuleList):
+    """The block stack of a GPT (or a draft) over the paged cache: on CPU, decode and verification passes run every
+    block in one C call (kernels/cpu.c `decode_layers`); anything else goes op by op."""
+
+    def forward(self, x: torch.Tensor, meta: AttentionMetadata, kv_cache, start: int = 0, end: int | None = None):
+        """Blocks [start, end) on x [T, d]; kv_cache[i] = (k, v) pages of block i."""
+        end = len(self) if end is None else end
+        run = self._cpu_decode(x, meta, kv_cache, start, end)
+        if run is not None:
+            return run(x, meta.slot_mapping, *meta.row_plan, meta.block_table)
+        for i in range(start, end):
+            x = self[i].forward(x, meta, *kv_cache[i])
+        return x
+
+    def _cpu_decode(self, x: torch.Tensor, meta: AttentionMetadata, kv_cache, start: int, end: int):
+        """The whole-block C kernel for these blocks (few new rows, all past the text prefix, on CPU, every matmul
+        packed for the CPU kernels), or None for the per-op path. Built once per (blocks, pages) and rebuilt when a
+        parameter is modified in place (its version counter moves); checking costs ~40 µs per v2 pass, a full
+        (version, storage) key ~100 µs."""
+        if (x.shape[0] > cpu.MAX_ROWS or not x.is_cpu or x.dtype != torch.float32 or meta.backend != "torch"
+                or torch.is_grad_enabled() or not cpu.available() or meta.row_plan is None or start >= end):
+            return None
+        kv = kv_cache[start:end]
+        plan = _CPU_PLANS.get(self)
+        where = (start, end, kv[0][0].data_ptr(), kv[-1][1].data_ptr())
+        if plan is None or plan[0] != where or plan[2] != _versions(plan[1]):
+            params = list(self[start:end].parameters())
+            plan = _CPU_PLANS[self] = (where, params, _versions(params), _cpu_plan(self[start:end], kv))
+        return plan[3]
+
+
+def _versions(params: list) -> list[int]:
+    try:
+        return [p._version for p in params]
+    except RuntimeError:  # an inference tensor among them (a model made under inference_mode)
+        return [version(p) for p in params]
+
+
+def _cpu_plan(blocks, kv) -> cpu.DecodeLayers | None:
+    D = blocks[0].head_dim
+    packs = [tuple(m.cpu_pack() for m in (b.qkv, b.out, b.ffn_in, b.ffn_out)) for b in blocks]
+    if (D % 8 or D > cpu.MAX_HEAD_DIM or any(p is None for ps in packs for p in ps)
+            or any(t.dtype != torch.float32 or not t.permute(2, 0, 1, 3).is_contiguous() for kvs in kv for t in kvs)):
+        return None
+    return cpu.DecodeLayers(packs, [(b.norm1, b.norm2) for b in blocks], kv)
+
+
 class GPT(nn.Module):
     def __init__(self, cfg: GPTConfig):
         super().__init__()
@@ -120,11 +173,10 @@ class GPT(nn.Module):
         self.text_alpha = nn.Parameter(torch.ones(1))
         self.audio_embedding = nn.Embedding(cfg.vocab_size, d)
         self.audio_alpha = nn.Parameter(torch.ones(1))
-        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.layers = Blocks(Block(cfg) for _ in range(cfg.n_layer))
         self.head = Linear(d, cfg.vocab_size, bias=False)
         self.register_buffer("pe", sinusoid_table(4000, d), persistent=False)
         self.quantization: str | None = None  # "int8": lossy block matmuls (specdec.models.int8.quantize_gpt)
-        self._decode_plan = None  # (layers and pages, parameters, their versions, cpu.DecodeLayers or None)
 
     # ---- embeddings ---------------------------------------------------------------------------------------
     def _pe(self, positions: torch.Tensor) -> torch.Tensor:
@@ -162,38 +214,7 @@ class GPT(nn.Module):
                 start_layer: int = 0, end_layer: int | None = None) -> torch.Tensor:
         """Run layers [start_layer, end_layer) on x [T, d], writing each new token's K/V into the pages given by
         `meta.slot_mapping`. kv_cache[i] = (k, v) pages of layer i, each [num_blocks, page_size, H, D]."""
-        end_layer = self.cfg.n_layer if end_layer is None else end_layer
-        run = self._cpu_decode(x, meta, kv_cache, start_layer, end_layer)
-        if run is not None:
-            return run(x, meta.slot_mapping, *meta.row_plan, meta.block_table)
-        for i in range(start_layer, end_layer):
-            x = self.layers[i].forward(x, meta, *kv_cache[i])
-        return x
-
-    def _cpu_decode(self, x: torch.Tensor, meta: AttentionMetadata, kv_cache, start: int, end: int):
-        """The whole-block C kernel for these layers (decode and verification: few new rows, all past the text
-        prefix, on CPU, every matmul packed for the CPU kernels), or None for the per-op path. Built once per
-        (layers, pages) and rebuilt when a parameter is modified in place (its version counter moves); checking
-        costs ~40 µs per v2 pass, the full (version, storage) key ~100 µs."""
-        if (x.shape[0] > cpu.MAX_ROWS or not x.is_cpu or x.dtype != torch.float32 or meta.backend != "torch"
-                or torch.is_grad_enabled() or not cpu.available() or meta.row_plan is None or start >= end):
-            return None
-        kv = kv_cache[start:end]
-        plan = self._decode_plan
-        where = (start, end, kv[0][0].data_ptr(), kv[-1][1].data_ptr())
-        if plan is None or plan[0] != where or plan[2] != [p._version for p in plan[1]]:
-            params = list(self.layers[start:end].parameters())
-            plan = self._decode_plan = (where, params, [p._version for p in params],
-                                        self._build_cpu_decode(self.layers[start:end], kv))
-        return plan[3]
-
-    def _build_cpu_decode(self, layers, kv):
-        D = self.cfg.head_dim
-        packs = [tuple(m.cpu_pack() for m in (b.qkv, b.out, b.ffn_in, b.ffn_out)) for b in layers]
-        if (D % 8 or D > cpu.MAX_HEAD_DIM or any(p is None for ps in packs for p in ps)
-                or any(t.dtype != torch.float32 or not t.permute(2, 0, 1, 3).is_contiguous() for kvs in kv for t in kvs)):
-            return None
-        return cpu.DecodeLayers(packs, [(b.norm1, b.norm2) for b in layers], kv)
+        return self.layers.forward(x, meta, kv_cache, start_layer, end_layer)
 
     def forward_dense(self, x: torch.Tensor, mask: torch.Tensor, end_layer: int | None = None) -> torch.Tensor:
         """All tokens at once, no cache (training, distillation, teacher-forced evaluation).

@@ -24,7 +24,7 @@ from torch import nn
 
 from specdec.errors import SpecdecError
 from specdec.kernels import cpu
-from specdec.models.gpt import GPT
+from specdec.models.gpt import GPT, Blocks
 from specdec.models.linear import Linear
 
 
@@ -74,7 +74,7 @@ def quantize_gpt(gpt: GPT, n_layer: int | None = None) -> GPT:
     q = copy.copy(gpt)  # shallow: the module dicts are replaced below, never shared
     q._parameters, q._buffers, q._modules = dict(gpt._parameters), dict(gpt._buffers), dict(gpt._modules)
     q.cfg = dataclasses.replace(gpt.cfg, n_layer=n)
-    q.layers = nn.ModuleList(_quantized_block(b) for b in gpt.layers[:n])
+    q.layers = Blocks(_quantized_block(b) for b in gpt.layers[:n])
     q.quantization = "int8"
     return q.eval()
 

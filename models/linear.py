@@ -32,6 +32,12 @@ FP16_GEMM = _fp16_gemm_available()
 _linear_fp16 = torch.ops.quantized.linear_dynamic_fp16.default._op if FP16_GEMM else None
 
 
+def version(t: torch.Tensor) -> int:
+    """The tensor's in-place modification counter; -1 for an inference tensor (made under inference_mode), which
+    keeps none."""
+    return -1 if t.is_inference() else t._version
+
+
 class Linear(nn.Linear):
     """nn.Linear with weight storage [in, out] (one contiguous GEMM per call on CPU) and, at inference, the fp16
     GEMM when it is exact. Packed weights follow in-place weight updates (keyed on the tensor version counter)."""
@@ -59,7 +65,7 @@ class Linear(nn.Linear):
 
     def _packed_fp16(self):
         w, b = self._parameters["weight"], self._parameters["bias"]  # direct: this runs ~100 times per step
-        key = (w._version, w.data_ptr(), None if b is None else (b._version, b.data_ptr()))
+        key = (version(w), w.data_ptr(), None if b is None else (version(b), b.data_ptr()))
         if self._packed is None or self._packed[0] != key:
             exact = (FP16_GEMM and self.allow_fp16_gemm and w.dtype == torch.float32
                      and bool(torch.equal(w.detach().half().float(), w.detach())))

@@ -1,5 +1,6 @@
 """The whole-block CPU decode kernel (kernels/cpu.c `decode_layers`) against the per-op torch path: random ragged
 batches over shuffled pages, fp16-exact and int8 weights; when it must step aside; rebuilt after a weight update."""
+import copy
 import random
 
 import pytest
@@ -69,7 +70,7 @@ def test_decode_kernel_matches_per_op_path_on_random_ragged_batches(int8, avx512
         page_size = rng.choice([4, 16, 64])
         (kv_fused, kv_ref), meta, x = _ragged_batch(gpt, rng, page_size)
         with torch.inference_mode():
-            assert gpt._cpu_decode(x, meta, kv_fused, 0, gpt.cfg.n_layer) is not None
+            assert gpt.layers._cpu_decode(x, meta, kv_fused, 0, gpt.cfg.n_layer) is not None
             got = gpt(x, meta, kv_fused)
             ref = _per_op(gpt, x, meta, kv_ref)
         torch.testing.assert_close(got, ref, atol=2e-5, rtol=1e-5)
@@ -85,17 +86,17 @@ def test_decode_kernel_steps_aside_where_it_does_not_apply():
     kv = pool.new_kv(gpt.cfg.n_layer, gpt.cfg.n_head, gpt.cfg.head_dim)
     decode = AttentionMetadata([1], [20], [10], [[0, 1]], 16)
     with torch.inference_mode():
-        assert gpt._cpu_decode(torch.randn(1, 64), decode, kv, 0, 3) is not None
-        assert gpt._cpu_decode(torch.randn(1, 64), decode, kv, 1, 3) is not None  # a layer range (layerskip)
+        assert gpt.layers._cpu_decode(torch.randn(1, 64), decode, kv, 0, 3) is not None
+        assert gpt.layers._cpu_decode(torch.randn(1, 64), decode, kv, 1, 3) is not None  # a layer range (layerskip)
         prefill = AttentionMetadata([5], [5], [3], [[0]], 16)  # rows inside the text prefix: bidirectional
-        assert gpt._cpu_decode(torch.randn(5, 64), prefill, kv, 0, 3) is None
+        assert gpt.layers._cpu_decode(torch.randn(5, 64), prefill, kv, 0, 3) is None
         many = AttentionMetadata([cpu.MAX_ROWS + 1], [20], [10], [[0, 1]], 16)
-        assert gpt._cpu_decode(torch.randn(cpu.MAX_ROWS + 1, 64), many, kv, 0, 3) is None
-        assert gpt._cpu_decode(torch.randn(1, 64).double(), decode, kv, 0, 3) is None
-    assert gpt._cpu_decode(torch.randn(1, 64), decode, kv, 0, 3) is None  # autograd recording: training
+        assert gpt.layers._cpu_decode(torch.randn(cpu.MAX_ROWS + 1, 64), many, kv, 0, 3) is None
+        assert gpt.layers._cpu_decode(torch.randn(1, 64).double(), decode, kv, 0, 3) is None
+    assert gpt.layers._cpu_decode(torch.randn(1, 64), decode, kv, 0, 3) is None  # autograd recording: training
     fp32 = _gpt(fp16=False)  # weights fp16 cannot hold exactly: no packed linears, the fp32 GEMM per op
     with torch.inference_mode():
-        assert fp32._cpu_decode(torch.randn(1, 64), decode, kv, 0, 3) is None
+        assert fp32.layers._cpu_decode(torch.randn(1, 64), decode, kv, 0, 3) is None
 
 
 def test_decode_kernel_follows_in_place_weight_updates():
@@ -114,3 +115,22 @@ def test_decode_kernel_follows_in_place_weight_updates():
         ref = _per_op(gpt, x, meta, kv)
     assert not torch.allclose(before, after)
     torch.testing.assert_close(after, ref, atol=2e-5, rtol=1e-5)
+
+
+def test_a_deep_copy_runs_on_its_own_weights():
+    """The kernel's plan (pointers into packed weights) lives outside the module: a copy made after a decode step
+    builds its own instead of reading the original's weights."""
+    gpt = _gpt()
+    kv = PagePool(4, 16).new_kv(gpt.cfg.n_layer, gpt.cfg.n_head, gpt.cfg.head_dim)
+    meta = AttentionMetadata([1], [20], [10], [[1, 3]], 16)
+    x = torch.randn(1, 64)
+    with torch.inference_mode():
+        for k, v in kv:
+            k.normal_(), v.normal_()
+        before = gpt(x, meta, kv)
+        twin = copy.deepcopy(gpt)
+        with torch.no_grad():
+            for p in twin.parameters():
+                p.copy_((p * 0.9).half().float())
+        torch.testing.assert_close(twin(x, meta, kv), _per_op(twin, x, meta, kv), atol=2e-5, rtol=1e-5)
+        assert torch.equal(gpt(x, meta, kv), before)
