@@ -18,10 +18,7 @@
 #include <string.h>
 
 #ifndef PF
-#define PF 128 /* rows prefetched ahead by the few-rows kernels (best of 8-256, 2-core Xeon, 2026-11-26) */
-#endif
-#ifndef PF_QUAD
-#define PF_QUAD 32 /* the same for each of the one-row kernel's 4 streams (best of 16-128, 2026-11-26) */
+#define PF 32 /* rows of a block prefetched ahead (best of 16-256 with 2 and 4 streams, 2-core Xeon, 2026-11-26) */
 #endif
 #define NB 32     /* output columns per packed block: 4 AVX registers of 8 floats */
 #define MAX_D 128 /* head_dim the attention kernel accepts (in registers: MAX_D / 8 accumulators) */
@@ -79,7 +76,7 @@ ROWS(i8_rows, int8_t, LOAD_I8, 3)
             __m256 xv = _mm256_set1_ps(x[k]);                                                               \
             for (int i = 0; i < 4; i++) {                                                                   \
                 const T *wk = wb + (i * K + k) * NB;                                                        \
-                _mm_prefetch((const char *)(wk + PF_QUAD * NB), _MM_HINT_T0);                               \
+                _mm_prefetch((const char *)(wk + PF * NB), _MM_HINT_T0);                               \
                 for (int j = 0; j < 4; j++) acc[i][j] = _mm256_fmadd_ps(xv, LOAD(wk, j), acc[i][j]);        \
             }                                                                                               \
         }                                                                                                   \
@@ -94,31 +91,42 @@ QUAD(i8_quad, int8_t, LOAD_I8)
    registers for more) and issues half the FMAs. */
 #define LOAD512_F16(wk, j) _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)((wk) + 16 * (j))))
 #define LOAD512_I8(wk, j) _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)((wk) + 16 * (j)))))
-#define ROWS512(NAME, T, LOAD, R)                                                                             \
+#define ROWS512(NAME, T, LOAD, R, G)                                                                          \
     __attribute__((target("avx512f"))) static void NAME##R(const float *x, int64_t K, const T *wb,         \
                                                             float out[][NB]) {                              \
-        __m512 acc[R][2];                                                                                   \
-        for (int i = 0; i < R; i++) acc[i][0] = acc[i][1] = _mm512_setzero_ps();                           \
+        __m512 acc[G][R][2];                                                                                \
+        for (int g = 0; g < G; g++)                                                                         \
+            for (int i = 0; i < R; i++) acc[g][i][0] = acc[g][i][1] = _mm512_setzero_ps();                  \
         for (int64_t k = 0; k < K; k++) {                                                                   \
-            const T *wk = wb + k * NB;                                                                      \
-            _mm_prefetch((const char *)(wk + PF * NB), _MM_HINT_T0);                                        \
-            __m512 w0 = LOAD(wk, 0), w1 = LOAD(wk, 1);                                                      \
-            for (int i = 0; i < R; i++) {                                                                   \
-                __m512 xv = _mm512_set1_ps(x[i * K + k]);                                                   \
-                acc[i][0] = _mm512_fmadd_ps(xv, w0, acc[i][0]);                                             \
-                acc[i][1] = _mm512_fmadd_ps(xv, w1, acc[i][1]);                                             \
+            for (int g = 0; g < G; g++) {                                                                   \
+                const T *wk = wb + (g * K + k) * NB;                                                        \
+                _mm_prefetch((const char *)(wk + PF * NB), _MM_HINT_T0);                                    \
+                __m512 w0 = LOAD(wk, 0), w1 = LOAD(wk, 1);                                                  \
+                for (int i = 0; i < R; i++) {                                                               \
+                    __m512 xv = _mm512_set1_ps(x[i * K + k]);                                               \
+                    acc[g][i][0] = _mm512_fmadd_ps(xv, w0, acc[g][i][0]);                                   \
+                    acc[g][i][1] = _mm512_fmadd_ps(xv, w1, acc[g][i][1]);                                   \
+                }                                                                                           \
             }                                                                                               \
         }                                                                                                   \
-        for (int i = 0; i < R; i++) {                                                                       \
-            _mm512_storeu_ps(out[i], acc[i][0]);                                                            \
-            _mm512_storeu_ps(out[i] + 16, acc[i][1]);                                                       \
-        }                                                                                                   \
+        for (int g = 0; g < G; g++)                                                                         \
+            for (int i = 0; i < R; i++) {                                                                   \
+                _mm512_storeu_ps(out[g * R + i], acc[g][i][0]);                                             \
+                _mm512_storeu_ps(out[g * R + i] + 16, acc[g][i][1]);                                        \
+            }                                                                                               \
     }
+/* NAME[R]: R rows against one block (R = 1..8) and, for R <= 6 (4R accumulators fit the 32 registers), NAME##2b[R]
+   against 2 consecutive blocks at once: two weight streams in flight, as the one-row kernel's four. */
 #define ROWS512_ALL(NAME, T, LOAD)                                                                            \
-    ROWS512(NAME, T, LOAD, 1) ROWS512(NAME, T, LOAD, 2) ROWS512(NAME, T, LOAD, 3) ROWS512(NAME, T, LOAD, 4)     \
-    ROWS512(NAME, T, LOAD, 5) ROWS512(NAME, T, LOAD, 6) ROWS512(NAME, T, LOAD, 7) ROWS512(NAME, T, LOAD, 8)     \
+    ROWS512(NAME, T, LOAD, 1, 1) ROWS512(NAME, T, LOAD, 2, 1) ROWS512(NAME, T, LOAD, 3, 1)                    \
+    ROWS512(NAME, T, LOAD, 4, 1) ROWS512(NAME, T, LOAD, 5, 1) ROWS512(NAME, T, LOAD, 6, 1)                    \
+    ROWS512(NAME, T, LOAD, 7, 1) ROWS512(NAME, T, LOAD, 8, 1)                                                 \
+    ROWS512(NAME##2b_, T, LOAD, 2, 2) ROWS512(NAME##2b_, T, LOAD, 3, 2) ROWS512(NAME##2b_, T, LOAD, 4, 2)     \
+    ROWS512(NAME##2b_, T, LOAD, 5, 2) ROWS512(NAME##2b_, T, LOAD, 6, 2)                                       \
     static void (*const NAME[9])(const float *, int64_t, const T *, float[][NB]) = {                          \
-        0, NAME##1, NAME##2, NAME##3, NAME##4, NAME##5, NAME##6, NAME##7, NAME##8};
+        0, NAME##1, NAME##2, NAME##3, NAME##4, NAME##5, NAME##6, NAME##7, NAME##8};                           \
+    static void (*const NAME##2b[7])(const float *, int64_t, const T *, float[][NB]) = {                      \
+        0, 0, NAME##2b_2, NAME##2b_3, NAME##2b_4, NAME##2b_5, NAME##2b_6};
 ROWS512_ALL(f16_rows512_, uint16_t, LOAD512_F16)
 ROWS512_ALL(i8_rows512_, int8_t, LOAD512_I8)
 
@@ -149,19 +157,24 @@ static void store_cols(const Lin *L, const float *acc, float *y, int64_t n0, int
     }
 }
 
-/* y [M, N] = relu?((x [M, K] · W) * scale + bias). Work units (4 blocks for one row, else 1 block for every row)
-   are shared out with an orphaned `omp for`: called inside a parallel region it splits the work among the team
-   (and ends at its barrier), outside one it runs alone. */
+/* y [M, N] = relu?((x [M, K] · W) * scale + bias). Work units (4 blocks for one row, 2 for up to 6 rows with
+   AVX-512, else 1 block for every row) are shared out with an orphaned `omp for`: called inside a parallel region
+   it splits the work among the team (and ends at its barrier), outside one it runs alone. */
 static void lin_rows(const Lin *L, const float *x, int64_t M, float *y, int relu) {
-    int64_t K = L->K, N = L->N, nblocks = (N + NB - 1) / NB, G = M == 1 ? 4 : 1;
+    int64_t K = L->K, N = L->N, nblocks = (N + NB - 1) / NB;
+    int64_t G = M == 1 ? 4 : use_avx512 && M <= 6 ? 2 : 1; /* blocks per work unit */
 #pragma omp for schedule(static)
     for (int64_t u = 0; u < (nblocks + G - 1) / G; u++) {
-        float out[8][NB];
-        if (G == 4 && u * 4 + 4 <= nblocks) {
-            if (L->elem == 2) f16_quad(x, K, (const uint16_t *)L->w + u * 4 * K * NB, out);
-            else i8_quad(x, K, (const int8_t *)L->w + u * 4 * K * NB, out);
-            for (int64_t i = 0, n0 = u * 4 * NB; i < 4; i++, n0 += NB)
-                store_cols(L, out[i], y + n0, n0, N - n0 < NB ? N - n0 : NB, relu);
+        float out[12][NB];
+        if (G > 1 && u * G + G <= nblocks) {
+            const char *wu = (const char *)L->w + u * G * K * NB * L->elem;
+            if (G == 4 && L->elem == 2) f16_quad(x, K, (const uint16_t *)wu, out);
+            else if (G == 4) i8_quad(x, K, (const int8_t *)wu, out);
+            else if (L->elem == 2) f16_rows512_2b[M](x, K, (const uint16_t *)wu, out);
+            else i8_rows512_2b[M](x, K, (const int8_t *)wu, out);
+            for (int64_t g = 0, n0 = u * G * NB; g < G; g++, n0 += NB)
+                for (int64_t i = 0; i < M; i++)
+                    store_cols(L, out[g * M + i], y + i * N + n0, n0, N - n0 < NB ? N - n0 : NB, relu);
             continue;
         }
         int64_t RG = use_avx512 ? 8 : 3; /* rows per pass over a block */
@@ -309,8 +322,8 @@ void decode_layers(const Layer *layers, int64_t n_layer, float *x, int64_t T, in
                     memcpy(L->v_cache + dst, qkv + r * 3 * d + 2 * d + hd * D, sizeof(float) * D);
                 }
 #pragma omp for schedule(static)
-            for (int64_t i = 0; i < T * H; i++) {
-                int64_t r = i / H, hd = i % H;
+            for (int64_t i = 0; i < T * H; i++) { /* head-major: a thread's rows of one head share its K/V in cache */
+                int64_t r = i % T, hd = i / T;
                 attend_row(qkv + r * 3 * d + hd * D, L->k_cache + hd * num_slots * D, L->v_cache + hd * num_slots * D,
                            block_table + row_seq[r] * W, page_size, row_keys[r], D, scale, s, att + r * d + hd * D);
             }
