@@ -84,7 +84,8 @@ def _warp(logits, seen, ban_eos, params: SamplingParams):
         remove = torch.cumsum(torch.softmax(sorted_logits, dim=-1), dim=-1) > params.top_p
         remove[:, 0] = False
         x = x.masked_fill(remove.scatter(1, sorted_idx, remove), float("-inf"))
-    x = x / max(params.temperature, 1e-5)
+    if params.temperature != 1.0:  # x / 1.0 is x, bit for bit: the default skips an op
+        x = x / max(params.temperature, 1e-5)
     if params.top_k is not None:
         pivot = torch.topk(x, min(params.top_k, x.shape[-1]), dim=-1).values[:, -1:]
         x = torch.where(x < pivot, float("-inf"), x)
