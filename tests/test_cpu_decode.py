@@ -34,12 +34,12 @@ def _per_op(gpt: GPT, x, meta, kv):
 
 def _ragged_batch(gpt: GPT, rng: random.Random, page_size: int):
     """Two page pools (one per path) holding the same prefilled sequences on scattered pages, and the metadata of
-    a pass of 1-4 new rows per sequence (≤ 8 in all), each sequence with its own text prefix and context."""
+    a pass of new rows (≤ cpu.MAX_ROWS in all), each sequence with its own text prefix and context."""
     cfg = gpt.cfg
     B = rng.randint(1, 3)
     contexts = [rng.randint(1, 150) for _ in range(B)]
     prefixes = [rng.randint(1, c) for c in contexts]
-    qlens = [rng.randint(1, 8 // B) for _ in range(B)]
+    qlens = [rng.randint(1, cpu.MAX_ROWS // B) for _ in range(B)]
     need = [-(-(c + q) // page_size) for c, q in zip(contexts, qlens)]
     pages = rng.sample(range(sum(need) + 5), sum(need))  # distinct, in no order
     tables = [pages[sum(need[:b]):sum(need[:b + 1])] for b in range(B)]
@@ -90,7 +90,7 @@ def test_decode_kernel_steps_aside_where_it_does_not_apply():
         assert gpt.layers._cpu_decode(torch.randn(1, 64), decode, kv, 1, 3) is not None  # a layer range (layerskip)
         prefill = AttentionMetadata([5], [5], [3], [[0]], 16)  # rows inside the text prefix: bidirectional
         assert gpt.layers._cpu_decode(torch.randn(5, 64), prefill, kv, 0, 3) is None
-        many = AttentionMetadata([cpu.MAX_ROWS + 1], [20], [10], [[0, 1]], 16)
+        many = AttentionMetadata([cpu.MAX_ROWS + 1], [40], [10], [[0, 1, 2]], 16)
         assert gpt.layers._cpu_decode(torch.randn(cpu.MAX_ROWS + 1, 64), many, kv, 0, 3) is None
         assert gpt.layers._cpu_decode(torch.randn(1, 64).double(), decode, kv, 0, 3) is None
     assert gpt.layers._cpu_decode(torch.randn(1, 64), decode, kv, 0, 3) is None  # autograd recording: training
