@@ -31,15 +31,20 @@ def test_int8_linear_is_close_to_fp32(bias):
     assert bool((err > 0).any())  # it is lossy: this is not the fp32 path in disguise
 
 
-def test_each_row_is_quantised_on_its_own():
+def test_a_rows_result_does_not_depend_on_its_batch():
+    """Weights only are quantised (no activation scale shared across rows), and the int8 kernel computes every row
+    alone: bit for bit the same in any batch. Without the kernel torch's GEMM may order a row's sums by batch
+    shape, so there it holds to rounding."""
+    from specdec.kernels import cpu
     q = Int8Linear(_linear())
     x = torch.randn(6, 256)
     x[3] *= 100.0  # a row that would set a shared activation scale
+    same = torch.equal if cpu.available() else lambda a, b: torch.allclose(a, b, rtol=1e-5, atol=1e-5 * a.abs().max())
     with torch.inference_mode():
         batch = q(x)
         for i in range(6):
-            assert torch.equal(q(x[i:i + 1])[0], batch[i])
-        assert torch.equal(q(x.view(2, 3, 256)).view(6, -1), batch)
+            assert same(q(x[i:i + 1])[0], batch[i])
+        assert same(q(x.view(2, 3, 256)).view(6, -1), batch)
 
 
 def test_quantize_gpt_shares_everything_but_the_block_matmuls():
