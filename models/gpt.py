@@ -140,6 +140,7 @@ class Blocks(nn.ModuleList):
             return None
         kv = kv_cache[start:end]
         plan = _CPU_PLANS.get(self)
+        # the plan keeps its pages alive, so pages at the same addresses are the very same pages
         where = (start, end, kv[0][0].data_ptr(), kv[-1][1].data_ptr())
         if plan is None or plan[0] != where or plan[2] != _versions(plan[1]):
             params = list(self[start:end].parameters())
