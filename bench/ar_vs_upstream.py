@@ -25,6 +25,8 @@ with console.status("benchmarking") as status:
 for r in res["results"]:
     console.print(f"{r['name']:28s} {r['tokens_per_s_median']:7.1f} tok/s  (IQR {r['tokens_per_s_q1']:.1f}–"
                   f"{r['tokens_per_s_q3']:.1f}, {r['runs']} runs, {r['tokens_median']} tokens)")
-console.print(f"speedup: {res['speedup_median']:.2f}×   machine: {res['machine']['cpu']}, {res['machine']['date']}")
+pr = res["speedup_paired"]
+console.print(f"speedup: {res['speedup_median']:.2f}× (ratio of medians); per round {pr['median']:.2f}× (IQR "
+              f"{pr['q1']:.2f}–{pr['q3']:.2f})   machine: {res['machine']['cpu']}, {res['machine']['date']}")
 console.print(floor_text(floor, 1e3 / res["results"][0]["tokens_per_s_median"]))
 write_json(os.path.join(os.path.dirname(__file__), "results", f"ar_vs_upstream_{args.shape}.json"), res)

@@ -34,6 +34,10 @@ def ar_table(res: dict) -> str:
         lines.append(f"| {name} | {r['tokens_per_s_median']:.1f} | {r['tokens_per_s_q1']:.1f}–"
                      f"{r['tokens_per_s_q3']:.1f} | {r['runs']} |")
     lines += ["", f"**specdec AR = {res['speedup_median']:.2f}× upstream** (same weights, same request, same rounds)."]
+    if "speedup_paired" in res:  # recorded since 2026-11-26 13:40
+        pr = res["speedup_paired"]
+        lines[-1] += (f" Within each round (both back to back) the ratio has median {pr['median']:.2f}× "
+                      f"(IQR {pr['q1']:.2f}–{pr['q3']:.2f}).")
     if "floor" in res:
         lines += ["", bench.floor_text(res["floor"], 1e3 / rows["upstream infer_panel_naive"]["tokens_per_s_median"])]
     return "\n".join(lines) + "\n"
