@@ -5,8 +5,8 @@
                target's, written once into the target's own pages, and verification starts at layer N from the
                draft's hidden states;
   ngram        prompt lookup over the sequence's own history (prompt + generated); deterministic, q one-hot;
-  int8[:N]     an int8 copy of the target (of its first N layers + head) with its own pages (specdec.models.int8):
-               lossy weights, exact output, and near-full acceptance when N is the whole depth;
+  int8[:N]     an int8 copy of the target (of its first N layers + head; specdec.models.int8) drafting over the
+               target's own pages: lossy weights, exact output, near-full acceptance when N is the whole depth;
   eagle        a feature-level draft (specdec.models.eagle): one or two blocks fed the target's previous hidden
                state with the current token, sharing the target's embeddings and head.
 
@@ -152,11 +152,15 @@ class GPTDrafter(_ModelDrafter):
         return [Proposal(drafts[id(s)], torch.stack(qs[id(s)]) if qs[id(s)] else None) for s in seqs]
 
 
-class LayerSkipDrafter(_ModelDrafter):
-    def __init__(self, target: GPT, n_layers: int):
-        if not 1 <= n_layers < target.cfg.n_layer:
-            raise SpecdecError(f"layerskip:{n_layers} needs 1 <= N < {target.cfg.n_layer} (the target's layers)")
-        self.model, self.n = target, n_layers
+class SharedPagesDrafter(_ModelDrafter):
+    """A draft of the target's own shape that reads and writes the target's K/V pages: the target's first N layers
+    (`layerskip:N`, whose K/V *are* the target's) or an int8 copy of them (`int8[:N]`, whose K/V for the drafted
+    tokens are approximate). Either way verification rewrites every drafted slot with the target's exact K/V, so
+    the cache stays exact for accepted history, and the draft needs no pages, prefill or catch-up of its own. With
+    `handoff` (the target's own layers) verification starts at layer N from the draft's hidden states."""
+
+    def __init__(self, model: GPT, n_layers: int, handoff: bool):
+        self.model, self.n, self.handoff = model, n_layers, handoff
         self.kv: list = []
         self._hidden: dict[int, list[torch.Tensor]] = {}
 
@@ -172,7 +176,8 @@ class LayerSkipDrafter(_ModelDrafter):
         h = self.model(x, engine.meta(seqs, [1] * len(seqs), ends), self.kv, end_layer=self.n)
         for i, (s, e) in enumerate(zip(seqs, ends)):
             s.draft_len = e
-            self._hidden[id(s)].append(h[i:i + 1])
+            if self.handoff:
+                self._hidden[id(s)].append(h[i:i + 1])
         return h
 
     def _catch_up(self, s):
@@ -183,13 +188,14 @@ class LayerSkipDrafter(_ModelDrafter):
             s.draft_len = s.pending_pos  # the target wrote everything before the pending token
             self._hidden[id(s)] = []
         drafts, qs = self._draft(engine, seqs, ks)
+        if not self.handoff:
+            return [Proposal(drafts[id(s)], torch.stack(qs[id(s)]) if qs[id(s)] else None) for s in seqs]
         # the last draft (or the pending token, when k = 0) still needs its first-N-layer pass for the verifier
         tails = [s for s in seqs if len(self._hidden[id(s)]) == len(drafts[id(s)])]
         if tails:
             self._step(engine, tails, [[drafts[id(s)][-1] if drafts[id(s)] else s.pending] for s in tails])
-        out = [Proposal(drafts[id(s)], torch.stack(qs[id(s)]) if qs[id(s)] else None,
-                        torch.cat(self._hidden.pop(id(s))), self.n) for s in seqs]
-        return out
+        return [Proposal(drafts[id(s)], torch.stack(qs[id(s)]) if qs[id(s)] else None,
+                         torch.cat(self._hidden.pop(id(s))), self.n) for s in seqs]
 
 
 class EagleDrafter(_ModelDrafter):
@@ -300,10 +306,14 @@ def make_drafter(draft, target: GPT) -> Drafter | None:
         kind, _, arg = draft.partition(":")
         try:
             if kind == "layerskip":
-                return LayerSkipDrafter(target, int(arg))
+                n = int(arg)
+                if not 1 <= n < target.cfg.n_layer:
+                    raise SpecdecError(f"layerskip:{n} needs 1 <= N < {target.cfg.n_layer} (the target's layers)")
+                return SharedPagesDrafter(target, n, handoff=True)
             if kind == "int8":
                 from specdec.models.int8 import quantize_gpt
-                return GPTDrafter(quantize_gpt(target, int(arg) if arg else None), target)
+                q = quantize_gpt(target, int(arg) if arg else None)
+                return SharedPagesDrafter(q, q.cfg.n_layer, handoff=False)
             if kind == "ngram":
                 return NgramDrafter(target.cfg.vocab_size, int(arg) if arg else 3)
         except ValueError:
