@@ -1,7 +1,9 @@
 """Adaptive draft length: choose each round's k from the acceptance observed so far and the measured costs.
 
 With per-token acceptance α, a round of k drafts emits E(k) = (1 − α^{k+1}) / (1 − α) tokens and costs
-k·t_draft + t_verify(k). The policy picks the k ≤ k_max with the most tokens per second. α is estimated per
+k·t_draft + t_verify(k). The policy picks the k ≤ k_max with the most tokens per second, k = 0 (a plain decoding
+step) included; a sequence that stopped drafting still drafts one token every PROBE_EVERY rounds, so its α stays
+current. α is estimated per
 sequence from its own rounds (accepted drafts vs. rejections, with exponential forgetting: speech alternates
 easy stretches — silences, steady vowels — with hard ones); costs are measured per engine, t_verify per k.
 Exactness does not depend on k: any k gives the target's distribution.
@@ -11,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 DECAY = 0.9  # weight of the past per round
+PROBE_EVERY = 8  # rounds without drafting between two one-token probes
 
 
 def expected_tokens(alpha: float, k: int) -> float:
@@ -37,7 +40,8 @@ class Acceptance:
 
 @dataclass
 class Costs:
-    """Measured seconds per draft token and per verify pass by k (EWMA); unseen k are interpolated."""
+    """Measured seconds per draft token and per verify pass (with its accept step) by k (EWMA); unseen k are
+    interpolated."""
 
     draft_token_s: float | None = None
     verify_s: dict[int, float] = field(default_factory=dict)
@@ -63,8 +67,9 @@ class Costs:
 
 
 def choose_k(alpha: float, costs: Costs, k_max: int) -> int:
-    """The k in 1..k_max with the most expected tokens per second (k_max until costs are known)."""
+    """The k in 0..k_max with the most expected tokens per second (k_max until costs are known); 0 = no drafting,
+    when a draft step costs more than its acceptance saves (a target not much bigger than its draft)."""
     if costs.draft_token_s is None:
         return k_max
-    return max(range(1, k_max + 1),
+    return max(range(k_max + 1),
                key=lambda k: expected_tokens(alpha, k) / (k * costs.draft_token_s + costs.verify(k)))

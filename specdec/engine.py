@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from specdec.adaptive import Acceptance, Costs, choose_k
+from specdec.adaptive import PROBE_EVERY, Acceptance, Costs, choose_k
 from specdec.cache import BlockTable, PagePool
 from specdec.drafters import Drafter, Proposal, make_drafter
 from specdec.errors import SpecdecError
@@ -67,6 +67,7 @@ class Sequence:
     finish_reason: str = ""
     stats: SpecStats = field(default_factory=SpecStats)
     acceptance: Acceptance = field(default_factory=Acceptance)
+    idle_rounds: int = 0  # consecutive rounds the adaptive policy chose not to draft
 
     @property
     def pending(self) -> int:
@@ -220,8 +221,7 @@ class Engine:
 
     # ---- one round for every live sequence -------------------------------------------------------------------
     def _round(self, seqs: list[Sequence]) -> None:
-        ks = [min(choose_k(s.acceptance.alpha, self.costs, s.k) if self.adaptive and s.k else s.k, s.remaining() - 1)
-              for s in seqs]
+        ks = [min(self._k(s), s.remaining() - 1) for s in seqs]
         for s, k in zip(seqs, ks):
             s.table.append(k + 1)
         t = time.perf_counter()
@@ -250,15 +250,24 @@ class Engine:
             s.stats.draft_s += t_draft / len(seqs)
             s.stats.verify_s += t_verify / len(seqs)
             s.stats.target_passes += 1
-        self.costs.observe(max(query_lens) - 1, t_draft, t_verify)
         positions = [s.pending_pos for s in seqs]
         accepted = self._accept(seqs, logits, proposals)
+        # the policy weighs what a round costs besides drafting: the pass and its accept step
+        self.costs.observe(max(query_lens) - 1, t_draft, time.perf_counter() - t)
         if self.drafter is not None:
             self.drafter.observe(seqs, hidden, query_lens, positions, accepted)
         for s, p, L, n in zip(seqs, proposals, positions, accepted):
             s.table.truncate(L + 1 + n)  # keep the old pending token and the accepted drafts
             s.draft_len = min(s.draft_len, L + 1 + n)
             s.acceptance.update(len(p.drafts), n)
+
+    def _k(self, s: Sequence) -> int:
+        """This round's drafts for s: its k, or with `adaptive` the policy's choice (specdec.adaptive)."""
+        if not (self.adaptive and s.k):
+            return s.k
+        k = choose_k(s.acceptance.alpha, self.costs, s.k)
+        s.idle_rounds = s.idle_rounds + 1 if k == 0 else 0
+        return 1 if k == 0 and s.idle_rounds % PROBE_EVERY == 0 else k
 
     def _accept(self, seqs: list[Sequence], logits: torch.Tensor, proposals: list[Proposal]) -> list[int]:
         """Warp the target logits of every position (one batched call), then accept/resample and emit per

@@ -246,8 +246,31 @@ def test_adaptive_k_follows_acceptance():
     for k in (1, 4, 8):
         costs.observe(k, draft_s=0.002 * k, verify_s=0.010 + 0.001 * k)
     assert choose_k(0.95, costs, 8) == 8  # a draft that is almost always right: draft long
-    assert choose_k(0.2, costs, 8) == 1  # a draft that is mostly wrong: draft one token
+    assert choose_k(0.35, costs, 8) == 1  # a draft that is mostly wrong: draft one token
     assert 1 < choose_k(0.7, costs, 8) < 8
+    assert choose_k(0.1, costs, 8) == 0  # one that saves less than its step costs: plain decoding
+    costs.observe(1, draft_s=0.2, verify_s=0.011)  # draft steps dearer than a target pass (a tiny target)
+    assert choose_k(0.7, costs, 8) == 0
+
+
+def test_a_sequence_that_stopped_drafting_probes_now_and_then(target):
+    """With drafting too dear the adaptive engine decodes plainly, yet drafts one token every PROBE_EVERY rounds
+    to keep its acceptance estimate current; the tokens stay the greedy ones."""
+    from specdec.adaptive import PROBE_EVERY, Costs
+
+    class DearDrafts(Costs):
+        def observe(self, k, draft_s, verify_s):
+            super().observe(k, 0.05 * k, verify_s)  # as if every draft step took 50 ms
+
+    engine = Engine(target, "layerskip:2", k=4, adaptive=True)
+    engine.costs = DearDrafts()
+    req = requests(1, params=SamplingParams(top_k=1, max_new_tokens=40, seed=0))
+    out = engine.generate(req)[0]
+    assert torch.equal(out.tokens, Engine(target).generate(req)[0].tokens)
+    n = out.tokens.numel()
+    assert out.stats.num_drafts <= 2 + n // PROBE_EVERY  # the first round (costs unknown), then probes only
+    if n > 5 + PROBE_EVERY:
+        assert out.stats.num_drafts >= 2  # at least one probe
 
 
 def test_streamed_tokens_add_up_to_the_generated_ones(target):
