@@ -73,13 +73,13 @@ def cmd_synth(args) -> None:
     if not os.path.isdir(out_dir):
         raise SpecdecError(f"{args.out}: the folder {out_dir} does not exist")
     gpt, decoder, frontend, voice, bundle_draft = _load_models(args)
-    frontend.phones(voice.text, voice.language)  # loads the G2P data now: first-audio time measures synthesis
     if preset.get("quantize"):
         from specdec.models.int8 import quantize_gpt
         gpt = quantize_gpt(gpt)
     draft = _resolve_draft(args.draft if args.draft is not None else preset["draft"], bundle_draft)
     stream = preset["stream"] if args.stream is None else args.stream
     tts = TTS(gpt, decoder, frontend, draft=draft, k=args.k or 4, adaptive=args.adaptive)
+    tts.warm_up(voice)  # first-audio time then measures synthesis, not dictionary loading or weight packing
     audio, stats = synthesize(args.text, tts, voice, streaming=stream, language=args.language,
                               text_split=args.text_split, params=params)
     write_wav(args.out, audio, decoder.sample_rate)

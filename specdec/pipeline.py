@@ -39,6 +39,9 @@ class Frontend(Protocol):
         """→ phone ids [n] long and BERT features [1024, n] (None when zeros)."""
 
 
+WARM_UP_TEXT = {"en": "Warming up 123 voices, specdec.", "zh": "预热一下，123，specdec。"}  # numbers, an unknown word
+
+
 @dataclass
 class TTS:
     gpt: GPT
@@ -51,6 +54,14 @@ class TTS:
 
     def engine(self):
         return engine_for(self.gpt, self.draft, self.k, adaptive=self.adaptive, draft_threshold=self.draft_threshold)
+
+    def warm_up(self, voice: Voice) -> None:
+        """Pay the one-time costs before the first request instead of inside its time to first audio: the text
+        front-end's lazily loaded data (dictionaries, the out-of-vocabulary word splitter and predictor, number
+        reading), the GPT's and draft's first passes (the CPU kernels are built and the weights packed) and the
+        decoder's first calls — by speaking a short sentence that touches all of them."""
+        synthesize(WARM_UP_TEXT.get(voice.language, voice.text), self, voice, streaming=True,
+                   language=voice.language, params=SamplingParams(max_new_tokens=30, seed=0))
 
 
 @dataclass

@@ -119,3 +119,18 @@ def test_an_int8_gpt_is_labelled_lossy(tts, voice):
     eco = dataclasses.replace(tts, gpt=quantize_gpt(tts.gpt))  # what `specdec synth --mode eco` runs
     assert synthesize("Hello.", eco, voice, params=params)[1].to_dict()["lossy"]
     assert not synthesize("Hello.", tts, voice, params=params)[1].to_dict()["lossy"]
+
+
+def test_warm_up_speaks_its_sentence_through_every_stage(tts, voice):
+    """warm_up says a fixed sentence of the voice's language (numbers and an unknown word, for the front-end's
+    lazily loaded parts) through the front-end, the GPT and draft, and the decoder."""
+    from specdec.pipeline import WARM_UP_TEXT
+    seen = []
+
+    class Recording(LetterFrontend):
+        def phones(self, text, language):
+            seen.append((text, language))
+            return super().phones(text, language)
+
+    TTS(tts.gpt, tts.decoder, Recording(), draft=tts.draft, k=tts.k).warm_up(voice)
+    assert seen == [(WARM_UP_TEXT["en"], "en")]
