@@ -79,6 +79,7 @@ def cmd_synth(args) -> None:
     draft = _resolve_draft(args.draft if args.draft is not None else preset["draft"], bundle_draft)
     stream = preset["stream"] if args.stream is None else args.stream
     tts = TTS(gpt, decoder, frontend, draft=draft, k=args.k or 4, adaptive=args.adaptive)
+    frontend.read(args.text, args.language or voice.language)  # a text it cannot read fails now, not after warm-up
     tts.warm_up(voice)  # first-audio time then measures synthesis, not dictionary loading or weight packing
     audio, stats = synthesize(args.text, tts, voice, streaming=stream, language=args.language,
                               text_split=args.text_split, params=params)
