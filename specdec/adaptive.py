@@ -5,7 +5,7 @@ k·t_draft + t_verify(k). The policy picks the k ≤ k_max with the most tokens 
 step) included; a sequence that stopped drafting still drafts one token every PROBE_EVERY rounds, so its α stays
 current. α is estimated per
 sequence from its own rounds (accepted drafts vs. rejections, with exponential forgetting: speech alternates
-easy stretches — silences, steady vowels — with hard ones); costs are measured per engine, t_verify per k.
+easy stretches — silences, steady vowels — with hard ones), starting from the engine's running estimate; costs are measured per engine, t_verify per k.
 Exactness does not depend on k: any k gives the target's distribution.
 """
 from __future__ import annotations
@@ -37,6 +37,10 @@ class Acceptance:
             self.accepted = DECAY * self.accepted + accepted
             self.rejected = DECAY * self.rejected + (accepted < drafted)
 
+    def prior(self) -> "Acceptance":
+        """A new sequence's starting estimate: this one's α, weighted as two pseudo-observations."""
+        return Acceptance(2 * self.alpha, 2 * (1 - self.alpha))
+
 
 @dataclass
 class Costs:
@@ -45,8 +49,12 @@ class Costs:
 
     draft_token_s: float | None = None
     verify_s: dict[int, float] = field(default_factory=dict)
+    warm: bool = False
 
     def observe(self, k: int, draft_s: float, verify_s: float) -> None:
+        if not self.warm:  # an engine's first round pays one-time costs (weights packed, kernels built): skip it
+            self.warm = True
+            return
         if k:
             per = draft_s / k
             self.draft_token_s = per if self.draft_token_s is None else 0.8 * self.draft_token_s + 0.2 * per

@@ -102,6 +102,7 @@ class Engine:
         self.k_default = k if draft is not None else 0
         self.adaptive, self.draft_threshold = adaptive, draft_threshold
         self.costs = Costs()
+        self.acceptance = Acceptance()  # over every sequence's rounds: the prior of the next sequence's estimate
         self.page_size, self.backend = page_size, backend
         self.pool: PagePool | None = None
         self.target_kv: list = []
@@ -189,7 +190,8 @@ class Engine:
         if k < 0 or (k and self.drafter is None):
             raise SpecdecError(f"k = {k} drafts per round needs k >= 0 and a draft")
         prompt_len = 0 if r.prompt is None else r.prompt.numel()
-        s = Sequence(r, BlockTable(self.pool), r.phones.numel(), prompt_len, k, g, seen)
+        s = Sequence(r, BlockTable(self.pool), r.phones.numel(), prompt_len, k, g, seen,
+                     acceptance=self.acceptance.prior())
         s.stats.lossy = self.target.quantization is not None
         return s
 
@@ -260,6 +262,7 @@ class Engine:
             s.table.truncate(L + 1 + n)  # keep the old pending token and the accepted drafts
             s.draft_len = min(s.draft_len, L + 1 + n)
             s.acceptance.update(len(p.drafts), n)
+            self.acceptance.update(len(p.drafts), n)
 
     def _k(self, s: Sequence) -> int:
         """This round's drafts for s: its k, or with `adaptive` the policy's choice (specdec.adaptive)."""

@@ -242,7 +242,7 @@ def test_adaptive_draft_length_stays_exact(target, mode):
 
 def test_adaptive_k_follows_acceptance():
     from specdec.adaptive import Costs, choose_k
-    costs = Costs()
+    costs = Costs(warm=True)  # synthetic timings: no first-round costs to skip
     for k in (1, 4, 8):
         costs.observe(k, draft_s=0.002 * k, verify_s=0.010 + 0.001 * k)
     assert choose_k(0.95, costs, 8) == 8  # a draft that is almost always right: draft long
@@ -251,6 +251,23 @@ def test_adaptive_k_follows_acceptance():
     assert choose_k(0.1, costs, 8) == 0  # one that saves less than its step costs: plain decoding
     costs.observe(1, draft_s=0.2, verify_s=0.011)  # draft steps dearer than a target pass (a tiny target)
     assert choose_k(0.7, costs, 8) == 0
+
+
+def test_the_policy_skips_first_round_costs_and_starts_sequences_from_the_engines_acceptance():
+    """An engine's first round packs weights and builds kernels: timing it would make its k look dear for good.
+    A new sequence starts from the engine's running α (as two pseudo-observations), not from 0.5."""
+    from specdec.adaptive import Acceptance, Costs
+    costs = Costs()
+    costs.observe(4, draft_s=1.0, verify_s=1.0)
+    assert costs.draft_token_s is None and not costs.verify_s
+    costs.observe(4, draft_s=0.004, verify_s=0.01)
+    assert costs.verify_s == {4: 0.01} and costs.draft_token_s == pytest.approx(0.001)
+    seen = Acceptance()
+    for _ in range(20):
+        seen.update(4, 4)
+    prior = seen.prior()
+    assert prior.alpha == pytest.approx(seen.alpha) and prior.alpha > 0.9
+    assert prior.accepted + prior.rejected == pytest.approx(2.0)
 
 
 def test_a_sequence_that_stopped_drafting_probes_now_and_then(target):
