@@ -126,7 +126,11 @@ class Blocks(nn.ModuleList):
         run = self._cpu_decode(x, meta, kv_cache, start, end)
         if run is not None:
             return run(x, meta.slot_mapping, *meta.row_plan, meta.block_table)
-        for i in range(start, end):
+        return self.per_op(x, meta, kv_cache, start, end)
+
+    def per_op(self, x: torch.Tensor, meta: AttentionMetadata, kv_cache, start: int = 0, end: int | None = None):
+        """The same blocks one torch op at a time (prefill, GPUs, unpacked weights; the kernel's reference)."""
+        for i in range(start, len(self) if end is None else end):
             x = self[i].forward(x, meta, *kv_cache[i])
         return x
 

@@ -187,14 +187,9 @@ def decode_floor(shape: str = "v2", context: int = 300, repeats: int = 15, progr
         xs = {d: torch.randn(1, d) for d in (cfg.d_model, cfg.d_ff)}
         return lambda: [m(xs[m.in_features]) for m in lins]
 
-    def per_op():
-        h = x
-        for layer, (k, v) in zip(exact.layers, kv):
-            h = layer.forward(h, meta, k, v)
-        return exact.logits(h)
-
     contenders = {"stream 512 MiB": lambda: xb @ big, "pass": lambda: exact.logits(exact(x, meta, kv)),
-                  "pass, op by op": per_op, "pass, 1 cached token": lambda: exact.logits(exact(x, meta1, kv1)),
+                  "pass, op by op": lambda: exact.logits(exact.layers.per_op(x, meta, kv)),
+                  "pass, 1 cached token": lambda: exact.logits(exact(x, meta1, kv1)),
                   "fp16-exact matmuls": matmuls(exact), "fp32 matmuls": matmuls(fp32)}
     with torch.inference_mode():
         timings = run_interleaved({k: _one_unit(f) for k, f in contenders.items()}, repeats, 2, progress)
