@@ -26,12 +26,6 @@ def _gpt(n_layer=3, d=64, h=4, fp16=True, seed=0) -> GPT:
     return gpt.eval()
 
 
-def _per_op(gpt: GPT, x, meta, kv):
-    for i, layer in enumerate(gpt.layers):
-        x = layer.forward(x, meta, *kv[i])
-    return x
-
-
 def _ragged_batch(gpt: GPT, rng: random.Random, page_size: int):
     """Two page pools (one per path) holding the same prefilled sequences on scattered pages, and the metadata of
     a pass of new rows (≤ cpu.MAX_ROWS in all), each sequence with its own text prefix and context."""
@@ -47,7 +41,7 @@ def _ragged_batch(gpt: GPT, rng: random.Random, page_size: int):
     x_prefill = torch.randn(sum(contexts), cfg.d_model)
     with torch.inference_mode():
         for kv in kvs:  # prefill: the per-op path (its rows lie in the text prefix)
-            _per_op(gpt, x_prefill, AttentionMetadata(contexts, contexts, prefixes, tables, page_size), kv)
+            gpt.layers.per_op(x_prefill, AttentionMetadata(contexts, contexts, prefixes, tables, page_size), kv)
     meta = AttentionMetadata(qlens, [c + q for c, q in zip(contexts, qlens)], prefixes, tables, page_size)
     return kvs, meta, torch.randn(sum(qlens), cfg.d_model)
 
@@ -72,7 +66,7 @@ def test_decode_kernel_matches_per_op_path_on_random_ragged_batches(int8, avx512
         with torch.inference_mode():
             assert gpt.layers._cpu_decode(x, meta, kv_fused, 0, gpt.cfg.n_layer) is not None
             got = gpt(x, meta, kv_fused)
-            ref = _per_op(gpt, x, meta, kv_ref)
+            ref = gpt.layers.per_op(x, meta, kv_ref)
         torch.testing.assert_close(got, ref, atol=2e-5, rtol=1e-5)
         for (k1, v1), (k2, v2) in zip(kv_fused, kv_ref):  # the new K/V landed in the same slots
             slots = meta.slot_mapping
@@ -99,20 +93,25 @@ def test_decode_kernel_steps_aside_where_it_does_not_apply():
         assert fp32.layers._cpu_decode(torch.randn(1, 64), decode, kv, 0, 3) is None
 
 
-def test_decode_kernel_follows_in_place_weight_updates():
-    gpt = _gpt()
-    pool = PagePool(4, 16)
-    kv = pool.new_kv(gpt.cfg.n_layer, gpt.cfg.n_head, gpt.cfg.head_dim)
-    meta = AttentionMetadata([1], [20], [10], [[2, 0]], 16)
-    x = torch.randn(1, 64)
-    with torch.inference_mode():
+def _one_step_on_random_pages(gpt: GPT, block_table: list[int]):
+    """Pages of 16 slots holding random K/V, the metadata of one decode row over 19 cached tokens (a 10-token text
+    prefix) on `block_table`, and the row."""
+    kv = PagePool(4, 16).new_kv(gpt.cfg.n_layer, gpt.cfg.n_head, gpt.cfg.head_dim)
+    with torch.no_grad():
         for k, v in kv:
             k.normal_(), v.normal_()
+    return kv, AttentionMetadata([1], [20], [10], [block_table], 16), torch.randn(1, gpt.cfg.d_model)
+
+
+def test_decode_kernel_follows_in_place_weight_updates():
+    gpt = _gpt()
+    kv, meta, x = _one_step_on_random_pages(gpt, [2, 0])
+    with torch.inference_mode():
         before = gpt(x, meta, kv)
         gpt.layers[1].ffn_in.weight.mul_(0.5)
         gpt.layers[2].norm2.bias.add_(1.0)
         after = gpt(x, meta, kv)
-        ref = _per_op(gpt, x, meta, kv)
+        ref = gpt.layers.per_op(x, meta, kv)
     assert not torch.allclose(before, after)
     torch.testing.assert_close(after, ref, atol=2e-5, rtol=1e-5)
 
@@ -121,16 +120,12 @@ def test_a_deep_copy_runs_on_its_own_weights():
     """The kernel's plan (pointers into packed weights) lives outside the module: a copy made after a decode step
     builds its own instead of reading the original's weights."""
     gpt = _gpt()
-    kv = PagePool(4, 16).new_kv(gpt.cfg.n_layer, gpt.cfg.n_head, gpt.cfg.head_dim)
-    meta = AttentionMetadata([1], [20], [10], [[1, 3]], 16)
-    x = torch.randn(1, 64)
+    kv, meta, x = _one_step_on_random_pages(gpt, [1, 3])
     with torch.inference_mode():
-        for k, v in kv:
-            k.normal_(), v.normal_()
         before = gpt(x, meta, kv)
         twin = copy.deepcopy(gpt)
         with torch.no_grad():
             for p in twin.parameters():
                 p.copy_((p * 0.9).half().float())
-        torch.testing.assert_close(twin(x, meta, kv), _per_op(twin, x, meta, kv), atol=2e-5, rtol=1e-5)
+        torch.testing.assert_close(twin(x, meta, kv), twin.layers.per_op(x, meta, kv), atol=2e-5, rtol=1e-5)
         assert torch.equal(gpt(x, meta, kv), before)
