@@ -87,6 +87,8 @@ class _ModelDrafter(Drafter):
         return self.model.logits(h)
 
     def _draft(self, engine: "Engine", seqs: list["Sequence"], ks: list[int]):
+        """Up to ks[i] drafts per sequence → (drafts, q) keyed by id(sequence): the tokens and the [n, V]
+        distributions they were sampled from (None when the sequence drafted nothing)."""
         eos = engine.target.cfg.eos
         drafts = {id(s): [] for s in seqs}
         qs = {id(s): [] for s in seqs}
@@ -105,7 +107,7 @@ class _ModelDrafter(Drafter):
                     nxt.append(s)
                     feeds.append([d])
             active = nxt
-        return drafts, qs
+        return drafts, {i: torch.stack(q) if q else None for i, q in qs.items()}
 
     def _catch_up(self, s: "Sequence") -> list[int]:
         """Tokens the draft has not seen yet, ending with the pending token."""
@@ -149,7 +151,7 @@ class GPTDrafter(_ModelDrafter):
 
     def propose(self, engine, seqs, ks):
         drafts, qs = self._draft(engine, seqs, ks)
-        return [Proposal(drafts[id(s)], torch.stack(qs[id(s)]) if qs[id(s)] else None) for s in seqs]
+        return [Proposal(drafts[id(s)], qs[id(s)]) for s in seqs]
 
 
 class SharedPagesDrafter(_ModelDrafter):
@@ -186,15 +188,16 @@ class SharedPagesDrafter(_ModelDrafter):
     def propose(self, engine, seqs, ks):
         for s in seqs:
             s.draft_len = s.pending_pos  # the target wrote everything before the pending token
-            self._hidden[id(s)] = []
+            if self.handoff:
+                self._hidden[id(s)] = []
         drafts, qs = self._draft(engine, seqs, ks)
         if not self.handoff:
-            return [Proposal(drafts[id(s)], torch.stack(qs[id(s)]) if qs[id(s)] else None) for s in seqs]
+            return [Proposal(drafts[id(s)], qs[id(s)]) for s in seqs]
         # the last draft (or the pending token, when k = 0) still needs its first-N-layer pass for the verifier
         tails = [s for s in seqs if len(self._hidden[id(s)]) == len(drafts[id(s)])]
         if tails:
             self._step(engine, tails, [[drafts[id(s)][-1] if drafts[id(s)] else s.pending] for s in tails])
-        return [Proposal(drafts[id(s)], torch.stack(qs[id(s)]) if qs[id(s)] else None,
+        return [Proposal(drafts[id(s)], qs[id(s)],
                          torch.cat(self._hidden.pop(id(s))), self.n) for s in seqs]
 
 
@@ -260,7 +263,7 @@ class EagleDrafter(_ModelDrafter):
             for t in [t for t in store if t < s.draft_len - 1]:
                 del store[t]  # fed already
         drafts, qs = self._draft(engine, seqs, ks)
-        return [Proposal(drafts[id(s)], torch.stack(qs[id(s)]) if qs[id(s)] else None) for s in seqs]
+        return [Proposal(drafts[id(s)], qs[id(s)]) for s in seqs]
 
 
 class NgramDrafter(Drafter):
