@@ -3,9 +3,9 @@
 With per-token acceptance α, a round of k drafts emits E(k) = (1 − α^{k+1}) / (1 − α) tokens and costs
 k·t_draft + t_verify(k). The policy picks the k ≤ k_max with the most tokens per second, k = 0 (a plain decoding
 step) included; a sequence that stopped drafting still drafts one token every PROBE_EVERY rounds, so its α stays
-current. α is estimated per
-sequence from its own rounds (accepted drafts vs. rejections, with exponential forgetting: speech alternates
-easy stretches — silences, steady vowels — with hard ones), starting from the engine's running estimate; costs are measured per engine, t_verify per k.
+current. α is estimated per sequence from its own rounds (accepted drafts vs. rejections, with exponential
+forgetting: speech alternates easy stretches — silences, steady vowels — with hard ones), starting from the
+engine's running estimate; costs are measured per engine, t_verify per k.
 Exactness does not depend on k: any k gives the target's distribution.
 """
 from __future__ import annotations
