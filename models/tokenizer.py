@@ -1,15 +1,17 @@
-"""The demo voice's semantic-ish tokenizer: 25 Hz k-means units over speaker-normalised log-mel frames.
+"""The demo voice's semantic tokens: phonetic units at 25 Hz, and the network that reads them from audio.
 
-GPT-SoVITS tokenizes speech with CN-HuBERT + a learned codebook. No HuBERT weights exist offline, so the demo voice
-uses units that are cheap to train here and keep the same rate (25 Hz):
+GPT-SoVITS tokenizes speech with CN-HuBERT + a learned codebook; no HuBERT weights exist offline. The demo corpus is
+synthetic, and its synthesiser says which phone sounds when (flite `-psdur`, kept beside every clip), so the units are
+the phones themselves on a 25 Hz grid: unit 2·i is the first frame of phone i, 2·i + 1 a frame that continues it
+(`phone_units`). They carry what is said and how long, not who says it: the speaker comes from the voice's reference
+at decode time. (k-means over log-mel, the first demo voice's units, carried timbre and pitch instead: its decoder lost
+21 WER points on the corpus's own tokens, and GPT-generated tokens were unintelligible — MODEL_CARD.md.)
 
-    wav 16 kHz → log-mel (80 bins, n_fft 1024, hop 320: 50 Hz) → 2 frames stacked [T, 160]
-               → standardised with the *speaker's* mean/std (`SpeakerStats`) → nearest of K centroids → token
+Audio with no segmentation — a user's reference clip — goes through `Tokenizer`, a small convolutional frame
+classifier trained here on the corpus's units (`specdec.voicebuild.train_tokenizer`):
 
-Standardising per speaker removes most of the speaker (timbre, pitch range) from the units, so one unit means
-roughly the same sound for every voice: token sequences depend more on the text, which lowers the GPT's entropy
-and raises draft acceptance. The speaker comes back at decode time: `features(tokens, stats)` de-normalises the
-centroids with the voice's stats (a voice carries them as conditioning).
+    wav 16 kHz → log-mel [4T, 80] (100 Hz, the decoder's) → standardised per clip and per bin
+               → conv → stride 4 (25 Hz) → ConvBlocks → unit logits [T, 84] → argmax, onsets made consistent
 """
 from __future__ import annotations
 
@@ -22,26 +24,58 @@ from torch import nn
 
 from specdec.errors import SpecdecError
 from specdec.models import weights
+from specdec.models.fast_decoder import FRAMES_PER_TOKEN, N_MELS, ConvBlock, log_mel
 
 FORMAT_TAG = "specdec-tokenizer"
 
 
+# ---- phonetic units from a phone segmentation ---------------------------------------------------------------------
+# flite's US phone set (cmulex / radio phones): every voice of the demo corpus speaks with it.
+PHONES = ("pau", "aa", "ae", "ah", "ao", "aw", "ax", "axr", "ay", "b", "ch", "d", "dh", "eh", "er", "ey", "f", "g",
+          "hh", "ih", "iy", "jh", "k", "l", "m", "n", "ng", "ow", "oy", "p", "r", "s", "sh", "t", "th", "uh", "uw",
+          "v", "w", "y", "z", "zh")
+N_UNITS = 2 * len(PHONES)  # unit 2·i: the first frame of phone i; 2·i + 1: a frame that continues it
+TOKEN_RATE = 25
+SAMPLES_PER_TOKEN = 640  # at 16 kHz
+
+
+def n_frames(n_samples: int) -> int:
+    """Tokens for a clip of n_samples at 16 kHz: one per started 40 ms."""
+    return max(1, math.ceil(n_samples / SAMPLES_PER_TOKEN))
+
+
+def phone_units(segs: list[tuple[str, float]], n: int) -> torch.Tensor:
+    """A phone segmentation [(phone, end s)] → n tokens at 25 Hz (long [n]).
+
+    Token j covers the clip's 40 ms from j/25 s; its phone is the one sounding at the frame's centre, except that
+    every phone keeps at least one frame (a 25 Hz grid would otherwise drop the many phones shorter than 40 ms,
+    and with them the words): each boundary is its rounded end frame, pushed right to give the previous phone a
+    frame and left to leave one for every later phone."""
+    if len(segs) > n:
+        raise SpecdecError(f"{len(segs)} phones do not fit in {n} frames of 40 ms")
+    index = {p: i for i, p in enumerate(PHONES)}
+    bounds = []
+    for i, (p, end) in enumerate(segs):
+        if p not in index:
+            raise SpecdecError(f"phone {p!r} is not in the unit set (flite's US phones)")
+        b = max(round(end * TOKEN_RATE), (bounds[-1] if bounds else 0) + 1)
+        bounds.append(min(b, n - (len(segs) - 1 - i)))
+    bounds[-1] = n
+    out = torch.empty(n, dtype=torch.long)
+    start = 0
+    for (p, _), b in zip(segs, bounds):
+        out[start:b] = 2 * index[p] + 1
+        out[start] = 2 * index[p]
+        start = b
+    return out
+
+
+# ---- the tokenizer network ---------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class TokenizerConfig:
-    sample_rate: int = 16000
-    n_fft: int = 1024
-    hop: int = 320  # 50 Hz frames
-    n_mels: int = 80
-    stack: int = 2  # frames per token: 25 Hz
-    n_tokens: int = 256
-
-    @property
-    def dim(self) -> int:
-        return self.stack * self.n_mels
-
-    @property
-    def samples_per_token(self) -> int:
-        return self.stack * self.hop
+    dim: int = 192
+    layers: int = 4  # ConvBlocks at 25 Hz
+    kernel: int = 5
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -52,126 +86,56 @@ class TokenizerConfig:
         return cls(**{k: v for k, v in d.items() if k in names})
 
 
-@dataclass
-class SpeakerStats:
-    mean: torch.Tensor  # [dim]
-    std: torch.Tensor  # [dim]
-
-    @classmethod
-    def of(cls, feats: list[torch.Tensor]) -> "SpeakerStats":
-        x = torch.cat(feats)  # [N, dim]
-        return cls(x.mean(0), x.std(0).clamp_min(1e-3))
-
-
-def mel_filterbank(sr: int, n_fft: int, n_mels: int, f_min: float = 0.0, f_max: float | None = None) -> torch.Tensor:
-    """[n_mels, n_fft/2+1] triangular filters, equally spaced on the HTK mel scale, peak 1."""
-    def mel(f):
-        return 2595.0 * math.log10(1.0 + f / 700.0)
-    f_max = f_max or sr / 2
-    m = torch.linspace(mel(f_min), mel(f_max), n_mels + 2, dtype=torch.float64)
-    hz = 700.0 * (10 ** (m / 2595.0) - 1.0)  # [n_mels + 2] band edges
-    bins = torch.linspace(0, sr / 2, n_fft // 2 + 1, dtype=torch.float64)
-    lo, mid, hi = hz[:-2, None], hz[1:-1, None], hz[2:, None]
-    up = (bins[None] - lo) / (mid - lo)
-    down = (hi - bins[None]) / (hi - mid)
-    return torch.clamp(torch.minimum(up, down), min=0).float()
-
-
 class Tokenizer(nn.Module):
     def __init__(self, cfg: TokenizerConfig = TokenizerConfig()):
         super().__init__()
         self.cfg = cfg
-        self.register_buffer("centroids", torch.zeros(cfg.n_tokens, cfg.dim))  # in normalised units
-        self.register_buffer("mel_basis", mel_filterbank(cfg.sample_rate, cfg.n_fft, cfg.n_mels), persistent=False)
-        self.register_buffer("window", torch.hann_window(cfg.n_fft), persistent=False)
+        C = cfg.dim
+        self.conv = nn.Conv1d(N_MELS, C, cfg.kernel, padding=cfg.kernel // 2)
+        self.down = nn.Conv1d(C, C, FRAMES_PER_TOKEN, stride=FRAMES_PER_TOKEN)  # 100 Hz → 25 Hz
+        self.blocks = nn.ModuleList(ConvBlock(C, cfg.kernel) for _ in range(cfg.layers))
+        self.norm = nn.LayerNorm(C)
+        self.out = nn.Linear(C, N_UNITS)
 
-    def log_mel(self, wav: torch.Tensor) -> torch.Tensor:
-        """wav [N] at cfg.sample_rate → natural-log mel [frames, n_mels], frames = ceil(N / hop) (centred STFT)."""
-        c = self.cfg
-        n = math.ceil(wav.shape[-1] / c.hop) * c.hop
-        wav = F.pad(wav.float(), (0, n - wav.shape[-1]))
-        spec = torch.stft(wav, c.n_fft, c.hop, window=self.window, center=True, return_complex=True).abs()
-        mel = self.mel_basis @ spec[:, :n // c.hop]  # [n_mels, frames]
-        return torch.log(mel.clamp_min(1e-5)).t()
+    def forward(self, mel: torch.Tensor) -> torch.Tensor:
+        """standardised log-mel [B, 4T, 80] → unit logits [B, T, N_UNITS]."""
+        x = self.down(F.gelu(self.conv(mel.transpose(1, 2)))).transpose(1, 2)  # [B, T, C]
+        for b in self.blocks:
+            x = b(x)
+        return self.out(self.norm(x))
 
-    def features(self, wav: torch.Tensor) -> torch.Tensor:
-        """wav [N] → stacked log-mel [T, dim], T = ceil(N / samples_per_token) (the last frame zero-padded)."""
-        m = self.log_mel(wav)
-        s = self.cfg.stack
-        pad = -m.shape[0] % s
-        if pad:
-            m = torch.cat([m, m[-1:].expand(pad, -1)])
-        return m.reshape(-1, self.cfg.dim)
-
-    def quantize(self, feats: torch.Tensor, stats: SpeakerStats) -> torch.Tensor:
-        """stacked log-mel [T, dim] → tokens [T] long (nearest centroid after speaker normalisation)."""
-        z = (feats - stats.mean) / stats.std
-        return torch.cdist(z, self.centroids).argmin(-1)
-
-    def encode(self, wav: torch.Tensor, stats: SpeakerStats) -> torch.Tensor:
-        return self.quantize(self.features(wav), stats)
-
-    def dequantize(self, tokens: torch.Tensor, stats: SpeakerStats) -> torch.Tensor:
-        """tokens [T] → the centroids as log-mel in the speaker's range, [T · stack, n_mels] at 50 Hz."""
-        x = self.centroids[tokens] * stats.std + stats.mean  # [T, dim]
-        return x.reshape(-1, self.cfg.n_mels)
+    @torch.inference_mode()
+    def encode(self, wav: torch.Tensor) -> torch.Tensor:
+        """wav float [N] at 16 kHz → units long [n_frames(N)]."""
+        units = self(clip_mel(wav)[None])[0].argmax(-1)
+        return consistent(units)
 
 
-def kmeans_pp(x: torch.Tensor, k: int, g: torch.Generator) -> torch.Tensor:
-    """k-means++ seeding (Arthur & Vassilvitskii 2007): each next centre drawn ∝ squared distance to the nearest."""
-    c = x[torch.randint(x.shape[0], (1,), generator=g)]
-    d2 = (x - c).pow(2).sum(-1)
-    for _ in range(k - 1):
-        nxt = x[torch.multinomial(d2.clamp_min(1e-12), 1, generator=g)]
-        c = torch.cat([c, nxt])
-        d2 = torch.minimum(d2, (x - nxt).pow(2).sum(-1))
-    return c
+def clip_mel(wav: torch.Tensor) -> torch.Tensor:
+    """wav [N] at 16 kHz → log-mel [4·n_frames(N), 80] standardised per bin over the clip (level and timbre
+    removed), edge-padded to whole tokens."""
+    mel = log_mel(wav)
+    n = FRAMES_PER_TOKEN * n_frames(wav.shape[-1])
+    mel = torch.cat([mel, mel[-1:].expand(max(0, n - len(mel)), -1)])[:n]
+    return (mel - mel.mean(0)) / mel.std(0).clamp_min(1e-3)
 
 
-def kmeans(x: torch.Tensor, k: int, iters: int = 20, seed: int = 0, chunk: int = 65536,
-           seed_points: int = 20000) -> torch.Tensor:
-    """Lloyd's k-means, k-means++ seeded on a subsample of `seed_points`; x [N, D] → centroids [k, D].
-    Empty clusters are re-seeded with the points worst served by their centroid."""
-    g = torch.Generator().manual_seed(seed)
-    c = kmeans_pp(x[torch.randperm(x.shape[0], generator=g)[:seed_points]], k, g)
-    for _ in range(iters):
-        assign = torch.cat([torch.cdist(x[i:i + chunk], c).argmin(-1) for i in range(0, x.shape[0], chunk)])
-        sums = torch.zeros_like(c).index_add_(0, assign, x)
-        counts = torch.bincount(assign, minlength=k).float()
-        empty = counts == 0
-        c = torch.where(empty[:, None], c, sums / counts.clamp_min(1)[:, None])
-        if empty.any():
-            err = (x - c[assign]).pow(2).sum(-1)
-            c[empty] = x[err.topk(int(empty.sum())).indices]
-    return c
+def consistent(units: torch.Tensor) -> torch.Tensor:
+    """Make onsets agree with the phones: a frame whose phone differs from the previous frame's is an onset, and the
+    first frame always is. units long [T] → [T]."""
+    phone = units // 2
+    onset = torch.ones_like(units, dtype=torch.bool)
+    onset[1:] = (phone[1:] != phone[:-1]) | (units[1:] % 2 == 0)
+    return 2 * phone + (~onset).long()
 
 
-def fit(tok: Tokenizer, feats_by_speaker: dict[str, list[torch.Tensor]], max_frames: int = 200_000,
-        iters: int = 20, seed: int = 0) -> dict[str, SpeakerStats]:
-    """Fit the centroids on speaker-normalised frames (a subsample of at most max_frames); returns each speaker's
-    stats, which a voice of that speaker must carry."""
-    stats = {s: SpeakerStats.of(f) for s, f in feats_by_speaker.items()}
-    z = torch.cat([(torch.cat(f) - stats[s].mean) / stats[s].std for s, f in feats_by_speaker.items()])
-    g = torch.Generator().manual_seed(seed)
-    z = z[torch.randperm(z.shape[0], generator=g)[:max_frames]]
-    tok.centroids.copy_(kmeans(z, tok.cfg.n_tokens, iters, seed))
-    return stats
+def save_tokenizer(tok: Tokenizer, path: str) -> None:
+    """fp16 weights (the network is small and reads standardised features)."""
+    weights.write(path, tok.state_dict(), FORMAT_TAG, tok.cfg.to_dict(), dtype=torch.float16)
 
 
-def save_tokenizer(tok: Tokenizer, path: str, stats: dict[str, SpeakerStats] | None = None) -> None:
-    """centroids + (optionally) the training speakers' stats, fp32 (they are small)."""
-    state = {"centroids": tok.centroids}
-    for name, s in (stats or {}).items():
-        state[f"speakers.{name}.mean"], state[f"speakers.{name}.std"] = s.mean, s.std
-    weights.write(path, state, FORMAT_TAG, tok.cfg.to_dict())
-
-
-def load_tokenizer(path: str) -> tuple[Tokenizer, dict[str, SpeakerStats]]:
+def load_tokenizer(path: str) -> Tokenizer:
     state, config, _ = weights.read(path, FORMAT_TAG, "tokenizer")
     tok = Tokenizer(TokenizerConfig.from_dict(config))
-    if "centroids" not in state or state["centroids"].shape != tok.centroids.shape:
-        raise SpecdecError(f"{path}: centroids missing or not [{tok.cfg.n_tokens}, {tok.cfg.dim}] as its config says")
-    tok.centroids.copy_(state["centroids"])
-    names = sorted({k.split(".")[1] for k in state if k.startswith("speakers.")})
-    stats = {n: SpeakerStats(state[f"speakers.{n}.mean"].float(), state[f"speakers.{n}.std"].float()) for n in names}
-    return tok.eval(), stats
+    weights.load_state(path, tok, state, torch.float32, "tokenizer")
+    return tok.eval()

@@ -4,7 +4,10 @@ Text: sentences drawn from hand-written templates over a common vocabulary (writ
 rest of it), so nothing in the corpus carries a third-party text licence. Audio: Debian's flite voices, each a
 distinct speaker; see MODEL_CARD.md for their licences. Every clip is 16 kHz mono PCM.
 
-    build(out_dir, n_sentences=4000)  →  out_dir/wavs/<id>.wav + out_dir/manifest.jsonl
+    build(out_dir, n_sentences=4000)  →  out_dir/wavs/<id>.wav, <id>.segs + out_dir/manifest.jsonl
+
+Each clip's `.segs` is the synthesiser's own phone segmentation (flite's US phone set, end times in seconds of the
+trimmed clip): the demo voice's semantic tokens are made from it (`specdec.models.tokenizer`).
 
 Manifest rows: {"id", "speaker", "text", "wav" (relative to out_dir), "split" ("train" | "test"), "seconds"}.
 Test sentences are texts that no training row contains. Re-running skips clips already on disk (resumable), and
@@ -186,26 +189,72 @@ def plan(n_sentences: int, n_test: int, speakers: list[str], seed: int = 0) -> l
 
 
 def synthesize(clip: Clip, out_dir: str) -> float:
-    """Speak one clip (skipped when its wav exists); returns its duration in seconds."""
+    """Speak one clip (skipped when its wav and phone timings exist); returns its duration in seconds.
+    Beside the wav, `<id>.segs` holds the synthesiser's own phone segmentation of the trimmed clip."""
     path = os.path.join(out_dir, clip.wav)
-    if not os.path.exists(path):
+    segs = segments_path(path)
+    if not (os.path.exists(path) and os.path.exists(segs)):
         tmp = path + ".tmp.wav"
-        subprocess.run(SPEAKERS[clip.speaker] + ["-t", clip.text, "-o", tmp], check=True, capture_output=True)
+        run = subprocess.run(SPEAKERS[clip.speaker] + ["-psdur", "-t", clip.text, "-o", tmp], check=True,
+                             capture_output=True, text=True)
         audio, sr = sf.read(tmp, dtype="float32")
         if sr != SAMPLE_RATE:
             raise SpecdecError(f"{clip.speaker}: the synthesiser wrote {sr} Hz, expected {SAMPLE_RATE}")
-        sf.write(tmp, _trim(audio), SAMPLE_RATE, subtype="PCM_16")
+        start, end = _trim_span(audio)
+        sf.write(tmp, audio[start:end], SAMPLE_RATE, subtype="PCM_16")
+        write_segments(segs + ".tmp", _shift(parse_psdur(run.stdout), start / SAMPLE_RATE, (end - start) / SAMPLE_RATE))
         os.replace(tmp, path)
+        os.replace(segs + ".tmp", segs)
     return sf.info(path).duration
 
 
-def _trim(audio: np.ndarray, keep: float = 0.1, threshold: float = 1e-3) -> np.ndarray:
-    """Cut leading/trailing silence down to `keep` seconds, so every clip starts and ends alike."""
+def _trim_span(audio: np.ndarray, keep: float = 0.1, threshold: float = 1e-3) -> tuple[int, int]:
+    """The [start, end) samples that keep `keep` seconds of leading/trailing silence, so every clip starts and
+    ends alike."""
     loud = np.flatnonzero(np.abs(audio) > threshold)
     if not loud.size:
-        return audio
+        return 0, len(audio)
     pad = int(keep * SAMPLE_RATE)
-    return audio[max(0, loud[0] - pad):loud[-1] + pad]
+    return max(0, loud[0] - pad), min(len(audio), loud[-1] + pad)
+
+
+# ---- phone segmentation (flite -psdur) -------------------------------------------------------------------------
+def segments_path(wav_path: str) -> str:
+    return os.path.splitext(wav_path)[0] + ".segs"
+
+
+def parse_psdur(text: str) -> list[tuple[str, float]]:
+    """flite's `-psdur` line ("pau:0.184 dh:0.251 ...") → [(phone, end seconds)]."""
+    out = []
+    for item in text.split():
+        phone, _, end = item.rpartition(":")
+        try:
+            out.append((phone, float(end)))
+        except ValueError:
+            raise SpecdecError(f"unreadable phone segment {item!r} from the synthesiser") from None
+    if not out:
+        raise SpecdecError("the synthesiser printed no phone segments")
+    return out
+
+
+def _shift(segs: list[tuple[str, float]], start: float, duration: float) -> list[tuple[str, float]]:
+    """End times relative to the trimmed clip: segments that end before it starts are dropped, the last one ends
+    with the clip."""
+    out = [(p, min(e - start, duration)) for p, e in segs if e - start > 0]
+    out = [(p, e) for i, (p, e) in enumerate(out) if i == 0 or e > out[i - 1][1]]
+    return out[:-1] + [(out[-1][0], duration)]
+
+
+def write_segments(path: str, segs: list[tuple[str, float]]) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        f.writelines(f"{p} {e:.4f}\n" for p, e in segs)
+
+
+def read_segments(path: str) -> list[tuple[str, float]]:
+    if not os.path.isfile(path):
+        raise SpecdecError(f"{path}: no phone segmentation (re-run the corpus step)")
+    with open(path, encoding="utf-8") as f:
+        return [(p, float(e)) for p, e in (line.split() for line in f if line.strip())]
 
 
 def check_tools(speakers: list[str]) -> None:

@@ -11,9 +11,9 @@ from collections import Counter, defaultdict
 
 import soundfile as sf
 import torch
+import torch.nn.functional as F
 
 from specdec.corpus import Clip
-from specdec.models.tokenizer import Tokenizer, TokenizerConfig, fit, save_tokenizer
 from specdec.voices import Voice
 
 
@@ -22,27 +22,77 @@ def read_clip(data_dir: str, clip: Clip) -> torch.Tensor:
     return torch.from_numpy(wav)
 
 
-def tokenize_corpus(data_dir: str, clips: list[Clip], n_tokens: int, progress=None, max_frames: int = 200_000):
-    """Fit the tokenizer on the training clips (per-speaker stats included) and tokenize every clip.
-    Writes tokenizer.safetensors and tokens.safetensors ({clip id: int16 [T]}) in data_dir."""
+def tokenize_corpus(data_dir: str, clips: list[Clip], progress=None) -> dict[str, torch.Tensor]:
+    """Every clip's phonetic units (`tokenizer.phone_units` of its `.segs`) → tokens.safetensors ({clip id: int16
+    [T]}) in data_dir."""
     from safetensors.torch import save_file
-    tok = Tokenizer(TokenizerConfig(n_tokens=n_tokens))
-    feats = {}
+
+    from specdec.corpus import read_segments, segments_path
+    from specdec.models.tokenizer import N_UNITS, n_frames, phone_units
+    tokens = {}
     for i, c in enumerate(clips):
-        feats[c.id] = tok.features(read_clip(data_dir, c))
+        wav = os.path.join(data_dir, c.wav)
+        tokens[c.id] = phone_units(read_segments(segments_path(wav)), n_frames(sf.info(wav).frames))
         if progress:
             progress(i + 1, len(clips))
-    by_speaker = defaultdict(list)
-    for c in clips:
-        if c.split == "train":
-            by_speaker[c.speaker].append(feats[c.id])
-    stats = fit(tok, dict(by_speaker), max_frames=max_frames)
-    tokens = {c.id: tok.quantize(feats[c.id], stats[c.speaker]) for c in clips}
-    save_tokenizer(tok, os.path.join(data_dir, "tokenizer.safetensors"), stats)
     path = os.path.join(data_dir, "tokens.safetensors")
-    save_file({k: v.to(torch.int16) for k, v in tokens.items()}, path + ".tmp", metadata={"n_tokens": str(n_tokens)})
+    save_file({k: v.to(torch.int16) for k, v in tokens.items()}, path + ".tmp", metadata={"n_tokens": str(N_UNITS)})
     os.replace(path + ".tmp", path)
-    return tok, stats, tokens
+    return tokens
+
+
+def train_tokenizer(data_dir: str, clips: list[Clip], tokens: dict[str, torch.Tensor], steps: int = 1500,
+                    work_dir: str | None = None, progress=None, seed: int = 0) -> tuple[object, dict]:
+    """Train `tokenizer.Tokenizer` (audio → units) on the training clips' units: cross-entropy on random 64-token
+    crops, AdamW, cosine lr. Resumable from work_dir. Returns the network and {"steps", "held_out_accuracy"} (frame
+    accuracy of `encode` on the test clips)."""
+    import random
+
+    from specdec.models import weights
+    from specdec.models.tokenizer import Tokenizer, clip_mel
+    rng = random.Random(seed)
+    train = [(clip_mel(read_clip(data_dir, c)), tokens[c.id]) for c in clips if c.split == "train"]
+    with torch.random.fork_rng():  # a reproducible init without touching the caller's generator
+        torch.manual_seed(seed)
+        tok = Tokenizer()
+    opt = torch.optim.AdamW(tok.parameters(), lr=2e-3, weight_decay=0.01)
+    ckpt = work_dir and os.path.join(work_dir, "tokenizer.pt")
+    step = 0
+    if ckpt and os.path.isfile(ckpt):
+        state = weights.load_checkpoint(ckpt)
+        tok.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        step = state["step"]
+        rng.setstate(state["rng"])
+    crop = 64
+    while step < steps:
+        for g in opt.param_groups:
+            g["lr"] = 1e-4 + (2e-3 - 1e-4) * 0.5 * (1 + math.cos(math.pi * step / steps))
+        mels, units = [], []
+        for mel, t in rng.choices(train, k=32):
+            s0 = rng.randrange(max(1, len(t) - crop + 1))
+            t = t[s0:s0 + crop]
+            mels.append(F.pad(mel[4 * s0:4 * (s0 + len(t))], (0, 0, 0, 4 * (crop - len(t)))))
+            units.append(F.pad(t, (0, crop - len(t)), value=-100))
+        loss = F.cross_entropy(tok(torch.stack(mels)).flatten(0, 1), torch.stack(units).flatten())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        step += 1
+        if ckpt and (step % 200 == 0 or step == steps):
+            os.makedirs(work_dir, exist_ok=True)
+            weights.save_checkpoint({"model": tok.state_dict(), "opt": opt.state_dict(), "step": step,
+                                     "rng": rng.getstate()}, ckpt)
+        if progress:
+            progress(step, steps, loss.item())
+    tok.eval()
+    right = total = 0
+    for c in clips:
+        if c.split == "test":
+            u = tok.encode(read_clip(data_dir, c))
+            right += int((u == tokens[c.id]).sum())
+            total += len(u)
+    return tok, {"steps": step, "held_out_accuracy": right / max(total, 1)}
 
 
 def utterances(data_dir: str, clips: list[Clip], frontend) -> tuple[list, list]:
@@ -111,4 +161,4 @@ def make_voice(data_dir: str, clip: Clip, tokens: torch.Tensor, frontend) -> Voi
     phones, _ = frontend.phones(clip.text, "en")
     cond = {"ref_mel_stats": reference_stats(read_clip(data_dir, clip), SAMPLE_RATE)}
     return Voice(clip.speaker, clip.text, "en", frontend.symbol_version, phones, tokens, None, cond,
-                 {"source": clip.id, "decoder": "fast", "tokenizer": "kmeans-logmel-25hz"})
+                 {"source": clip.id, "decoder": "fast", "tokenizer": "flite-phone-units-25hz"})

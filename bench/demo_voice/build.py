@@ -2,12 +2,13 @@
 
     python bench/demo_voice/build.py corpus   [--data /work/data/demo]
     python bench/demo_voice/build.py tokens
+    python bench/demo_voice/build.py tokenizer [--tokenizer-steps N]
     python bench/demo_voice/build.py gpt      [--minutes 40]
     python bench/demo_voice/build.py draft    [--steps N]
     python bench/demo_voice/build.py bundle   [--out models/demo]
 
 Every step is resumable (re-run it after an interruption) and shows a rich progress bar; each writes under --data.
-Run with OMP_NUM_THREADS=1 on a shared machine.
+Training steps use --threads torch threads (1 by default: one core per job on a shared machine).
 """
 from __future__ import annotations
 
@@ -38,15 +39,35 @@ def step_corpus(args) -> None:
 
 
 def step_tokens(args) -> None:
-    """Fit the tokenizer on the training clips and tokenize every clip → tokenizer.safetensors, tokens.safetensors."""
+    """Every clip's phonetic units from its phone segmentation → tokens.safetensors."""
     from specdec import voicebuild
     clips = _clips(args)
     with _progress() as p:
-        task = p.add_task("features", total=len(clips))
-        tok, stats, tokens = voicebuild.tokenize_corpus(args.data, clips, args.n_tokens,
-                                                        progress=lambda i, n: p.update(task, completed=i))
-    console.print(f"tokens: K={args.n_tokens}, {sum(t.numel() for t in tokens.values())} tokens "
-                  f"→ {args.data}/tokens.safetensors; " + voicebuild.token_report(tokens))
+        task = p.add_task("tokens", total=len(clips))
+        tokens = voicebuild.tokenize_corpus(args.data, clips, progress=lambda i, n: p.update(task, completed=i))
+    console.print(f"tokens: {sum(t.numel() for t in tokens.values())} tokens → {args.data}/tokens.safetensors; "
+                  + voicebuild.token_report(tokens))
+
+
+def step_tokenizer(args) -> None:
+    """Train the audio → units network (for reference clips without a segmentation) → tokenizer.safetensors."""
+    import json
+
+    import torch
+
+    from specdec import voicebuild
+    from specdec.models.tokenizer import save_tokenizer
+    torch.set_num_threads(args.threads)
+    with _progress() as p:
+        task = p.add_task("tokenizer", total=args.tokenizer_steps)
+        tok, report = voicebuild.train_tokenizer(
+            args.data, _clips(args), voicebuild.load_tokens(args.data), args.tokenizer_steps,
+            os.path.join(args.data, "ckpt", "tokenizer"),
+            progress=lambda i, n, loss: p.update(task, completed=i, description=f"tokenizer CE {loss:.3f}"))
+    save_tokenizer(tok, os.path.join(args.data, "tokenizer.safetensors"))
+    with open(os.path.join(args.data, "tokenizer_report.json"), "w") as f:
+        json.dump(report, f, indent=1)
+    console.print(f"tokenizer: held-out frame accuracy {report['held_out_accuracy']:.3f} after {report['steps']} steps")
 
 
 def _clips(args):
@@ -63,7 +84,8 @@ def _utterances(args):
 
 def gpt_config(args):
     from specdec.models.gpt import GPTConfig
-    return GPTConfig(n_layer=args.layers, d_model=args.width, n_head=args.width // 64, vocab_size=args.n_tokens + 1,
+    from specdec.models.tokenizer import N_UNITS
+    return GPTConfig(n_layer=args.layers, d_model=args.width, n_head=args.width // 64, vocab_size=N_UNITS + 1,
                      phoneme_vocab_size=732)
 
 
@@ -75,7 +97,7 @@ def step_gpt(args) -> None:
 
     from specdec.gpt_train import GPTTrainConfig, held_out_pairs, train_gpt
     from specdec.models.checkpoint import save_gpt
-    torch.set_num_threads(1)  # a shared machine: one core each
+    torch.set_num_threads(args.threads)
     train, test = _utterances(args)
     cfg = GPTTrainConfig(steps=10**9, budget_s=args.minutes * 60, batch_tokens=args.batch_tokens, eval_every=50)
     with _progress() as p:
@@ -104,7 +126,7 @@ def step_draft(args) -> None:
     from specdec import voicebuild
     from specdec.distill import DistillConfig, distill
     from specdec.models.checkpoint import load_gpt
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
     train, test = _utterances(args)
     target = load_gpt(os.path.join(args.data, "gpt.safetensors"))
     cfg = DistillConfig(kind="eagle", n_layer=args.draft_layers, steps=args.draft_steps, checkpoint_every=25)
@@ -133,8 +155,8 @@ def step_bundle(args) -> None:
     os.makedirs(out, exist_ok=True)
     gpt = load_gpt(os.path.join(args.data, "gpt.safetensors"))
     save_gpt(gpt, os.path.join(out, "gpt.safetensors"), dtype=torch.float16)
-    save_eagle(load_eagle(os.path.join(args.data, "draft.safetensors"), gpt.cfg), os.path.join(out, "draft.safetensors"),
-               gpt.cfg, torch.float16)
+    draft = load_eagle(os.path.join(args.data, "draft.safetensors"), gpt.cfg)
+    save_eagle(draft, os.path.join(out, "draft.safetensors"), gpt.cfg, torch.float16)
     shutil.copyfile(os.path.join(args.data, "tokenizer.safetensors"), os.path.join(out, "tokenizer.safetensors"))
     shutil.copyfile(args.decoder, os.path.join(out, "decoder.safetensors"))
     clips, tokens, frontend = _clips(args), voicebuild.load_tokens(args.data), Frontend("v2")
@@ -145,7 +167,8 @@ def step_bundle(args) -> None:
     console.print(f"bundle → {out}: {total / 2**20:.1f} MB, voices {', '.join(speakers)}")
 
 
-STEPS = {"corpus": step_corpus, "tokens": step_tokens, "gpt": step_gpt, "draft": step_draft, "bundle": step_bundle}
+STEPS = {"corpus": step_corpus, "tokens": step_tokens, "tokenizer": step_tokenizer, "gpt": step_gpt,
+         "draft": step_draft, "bundle": step_bundle}
 
 
 def main(argv=None) -> int:
@@ -154,7 +177,8 @@ def main(argv=None) -> int:
     ap.add_argument("--data", default="/work/data/demo", help="working folder (corpus, tokens, checkpoints)")
     ap.add_argument("--sentences", type=int, default=6000)
     ap.add_argument("--test", type=int, default=60, help="held-out sentences (never trained on)")
-    ap.add_argument("--n-tokens", type=int, default=128, help="tokenizer codebook size")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (one per job on a shared machine)")
+    ap.add_argument("--tokenizer-steps", type=int, default=1500)
     ap.add_argument("--layers", type=int, default=6)
     ap.add_argument("--width", type=int, default=256)
     ap.add_argument("--minutes", type=float, default=52, help="GPT training budget (CPU seconds of its own steps)")

@@ -1,11 +1,11 @@
 """Intelligibility of the demo voice end to end: text → GPT tokens → fast decoder → WER.
 
     python bench/demo_voice/gpt_wer.py [--bundle models/demo] [--data /work/data/demo] [--n 60] [--out F.json]
-                                       [--top-k 15] [--temperature 1.0] [--eco]
+                                       [--top-k 15] [--temperature 1.0] [--repetition-penalty 1.35] [--eco]
 
 Each held-out sentence (split "test": texts never trained on) is spoken by its own speaker's built-in voice
-(the default voice when that speaker is not built in) with `pipeline.synthesize`, top_k and T as given (upstream's
-15 and 1 by default), top_p 1, repetition penalty 1.35, seed 1000 + i, the bundle's draft at k=4 (speculative
+(the default voice when that speaker is not built in) with `pipeline.synthesize`, top_k, T and the repetition penalty as
+given (upstream's 15, 1 and 1.35 by default), top_p 1, seed 1000 + i, the bundle's draft at k=4 (speculative
 decoding is exact, so the audio has the distribution of plain sampling); `--eco` runs the int8 target instead (lossy).
 Whisper tiny.en transcribes; WER as in specdec.wer. Also reports the decoder's real-time factor (decode seconds /
 audio seconds, 1 thread) and the whole pipeline's.
@@ -33,6 +33,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--k", type=int, default=4)
     ap.add_argument("--top-k", type=int, default=15)
     ap.add_argument("--temperature", type=float, default=1.0)
+    ap.add_argument("--repetition-penalty", type=float, default=1.35)
     ap.add_argument("--eco", action="store_true", help="int8 target (specdec's lossy eco mode)")
     ap.add_argument("--save-wavs", default=None, help="folder for the generated wavs")
     ap.add_argument("--out", default="bench/results/demo_voice_gpt_wer.json")
@@ -61,7 +62,8 @@ def main(argv: list[str] | None = None) -> None:
         task = bar.add_task("held-out sentences", total=len(rows))
         for i, row in enumerate(rows):
             voice = bundle.voice(row["speaker"] if row["speaker"] in bundle.voices else None)
-            params = SamplingParams(top_k=args.top_k, temperature=args.temperature, seed=1000 + i)
+            params = SamplingParams(top_k=args.top_k, temperature=args.temperature,
+                                    repetition_penalty=args.repetition_penalty, seed=1000 + i)
             audio, stats = synthesize(row["text"], tts, voice, params=params)
             items.append((audio, sr, row["text"]))
             decode_s, wall_s, audio_s = decode_s + stats.decode_s, wall_s + stats.wall_s, audio_s + stats.audio_s
@@ -82,7 +84,7 @@ def main(argv: list[str] | None = None) -> None:
         json.dump({"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                    "machine": f"{platform.machine()} {os.cpu_count()} cpu, torch threads 1",
                    "bundle": args.bundle or "models/demo", "k": args.k, "eco (int8 target, lossy)": args.eco,
-                   "sampling": f"top_k {args.top_k}, top_p 1, T {args.temperature:g}, rep 1.35",
+                   "sampling": f"top_k {args.top_k}, top_p 1, T {args.temperature:g}, rep {args.repetition_penalty:g}",
                    **result}, f, indent=1)
 
 
