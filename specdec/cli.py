@@ -438,8 +438,9 @@ def _add_voice(sub) -> None:
     c.add_argument("ref", help="reference audio (wav/flac/ogg), 3 to 10 seconds")
     c.add_argument("--text", required=True, help="what the reference says")
     c.add_argument("--language", default="en")
-    c.add_argument("--sovits", required=True, help="the SoVITS model the voice is for (its codebook makes the tokens)")
-    c.add_argument("--hubert", required=True, help="local chinese-hubert-base folder (config.json + weights)")
+    c.add_argument("--sovits", help="the SoVITS model the voice is for (its codebook makes the tokens); without it "
+                   "the voice is for the bundled demo voice (English; its tokenizer makes the tokens)")
+    c.add_argument("--hubert", help="local chinese-hubert-base folder (config.json + weights), with --sovits")
     c.add_argument("--sv", help="ERes2NetV2 checkpoint, for v2Pro/v2ProPlus models")
     c.add_argument("--name")
     c.add_argument("-o", "--out", required=True, help="output voice folder")
@@ -448,17 +449,25 @@ def _add_voice(sub) -> None:
 
 def cmd_voice_create(args) -> None:
     from rich.console import Console
-
-    from specdec.models.sovits_checkpoint import load_sovits
-    from specdec.models.text import Frontend
-    from specdec.voices import create_sovits_voice
     console = Console(stderr=True)
-    with console.status("loading SoVITS"):
-        sovits = load_sovits(args.sovits)
-    version = "v1" if sovits.cfg.version == "v1" else "v2"
-    with console.status("extracting prompt tokens, spectrogram and phones"):
-        voice = create_sovits_voice(args.ref, args.text, args.language, Frontend(version), sovits, args.hubert,
-                                    args.sv, args.name)
+    if args.sovits is None:
+        from specdec import demo
+        if args.hubert or args.sv or args.language != "en":
+            raise SpecdecError("--hubert, --sv and --language other than en need --sovits (the demo voice is English)")
+        with console.status("reading the reference's units"):
+            voice = demo.load().create_voice(args.ref, args.text, args.name)
+    else:
+        from specdec.models.sovits_checkpoint import load_sovits
+        from specdec.models.text import Frontend
+        from specdec.voices import create_sovits_voice
+        if args.hubert is None:
+            raise SpecdecError("--sovits needs --hubert (a local chinese-hubert-base folder)")
+        with console.status("loading SoVITS"):
+            sovits = load_sovits(args.sovits)
+        version = "v1" if sovits.cfg.version == "v1" else "v2"
+        with console.status("extracting prompt tokens, spectrogram and phones"):
+            voice = create_sovits_voice(args.ref, args.text, args.language, Frontend(version), sovits, args.hubert,
+                                        args.sv, args.name)
     voice.save(args.out)
     console.print(f"wrote voice {voice.name!r} to {args.out}: {voice.tokens.numel()} prompt tokens, "
                   f"{voice.phones.numel()} phones")

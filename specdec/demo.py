@@ -2,6 +2,7 @@
 
     bundle = demo.load()            # GPT, EAGLE draft, fast decoder, v2 front-end, built-in voices
     voice = bundle.voice("slt")     # a built-in speaker, a voice folder, or None for the default
+    voice = bundle.create_voice("me.wav", "What the clip says.")   # a new speaker from a 3-10 s reference
 
 `specdec synth "text"` with no model options uses it, so the CLI speaks with nothing downloaded.
 """
@@ -31,6 +32,7 @@ class DemoBundle:
     frontend: object  # specdec.models.text.Frontend("v2")
     voices: dict[str, Voice] = field(default_factory=dict)
     default_voice: str = DEFAULT_VOICE
+    folder: str = ""
 
     def voice(self, name: str | None = None) -> Voice:
         """A built-in speaker by name, a voice folder made for this bundle, or the default speaker."""
@@ -41,6 +43,13 @@ class DemoBundle:
             return Voice.load(name)
         raise SpecdecError(f"--voice {name}: no such built-in speaker ({', '.join(sorted(self.voices))}) "
                            "or voice folder")
+
+    def create_voice(self, ref_wav: str, text: str, name: str | None = None) -> Voice:
+        """A voice from a reference clip and its transcript; the bundle's tokenizer reads the clip's units."""
+        from specdec.models.tokenizer import load_tokenizer
+        from specdec.voices import create_demo_voice
+        tok = load_tokenizer(_need(os.path.join(self.folder, "tokenizer.safetensors")))
+        return create_demo_voice(ref_wav, text, self.frontend, tok, name)
 
 
 def _need(path: str) -> str:
@@ -68,4 +77,4 @@ def load(folder: str | None = None) -> DemoBundle:
     if not voices:
         raise SpecdecError(f"{vdir}: the demo bundle has no voices")
     default = DEFAULT_VOICE if DEFAULT_VOICE in voices else next(iter(voices))
-    return DemoBundle(gpt, draft, decoder, Frontend("v2"), voices, default)
+    return DemoBundle(gpt, draft, decoder, Frontend("v2"), voices, default, folder)

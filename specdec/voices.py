@@ -106,3 +106,20 @@ def create_sovits_voice(ref_wav: str, text: str, language: str, frontend, sovits
     return Voice(name or os.path.splitext(os.path.basename(ref_wav))[0], text, language, frontend.symbol_version,
                  phones, tokens, bert, cond, {"source": os.path.basename(ref_wav), "decoder": "sovits",
                                               "sovits_version": sovits.cfg.version})
+
+
+def create_demo_voice(ref_wav: str, text: str, frontend, tokenizer, name: str | None = None) -> Voice:
+    """A voice for the bundled demo model set (English): prompt tokens from the bundle's tokenizer (audio → phonetic
+    units), the fast decoder's conditioning (the reference's log-mel statistics) and the transcript's phones."""
+    from specdec.models.audio import check_reference_duration, load_wav, peak_normalize, resample
+    from specdec.models.fast_decoder import SAMPLE_RATE, reference_stats
+    if not text.strip():
+        raise SpecdecError("the reference transcript (--text) is empty")
+    wav, sr = load_wav(ref_wav)
+    check_reference_duration(wav.shape[0], sr, ref_wav)
+    wav = peak_normalize(resample(wav, sr, SAMPLE_RATE))
+    phones, _ = frontend.phones(_with_final_stop(text.strip(), "en"), "en")
+    cond = {"ref_mel_stats": reference_stats(wav, SAMPLE_RATE)}
+    return Voice(name or os.path.splitext(os.path.basename(ref_wav))[0], text, "en", frontend.symbol_version, phones,
+                 tokenizer.encode(wav), None, cond, {"source": os.path.basename(ref_wav), "decoder": "fast",
+                                                     "tokenizer": "flite-phone-units-25hz"})

@@ -1,4 +1,4 @@
-"""The demo voice recipe at toy size, end to end, so it cannot rot: corpus (flite) → tokenizer → GPT → EAGLE draft
+"""The demo voice recipe at toy size, end to end, so it cannot rot: corpus (flite) → units → tokenizer → GPT → draft
 → voices → bundle → demo.load → speculative synthesis; plus the pieces' own contracts."""
 import math
 import random
@@ -10,12 +10,14 @@ import torch
 from specdec import corpus, demo, voicebuild
 from specdec.distill import DistillConfig, distill
 from specdec.engine import Engine, Request
+from specdec.errors import SpecdecError
 from specdec.gpt_train import GPTTrainConfig, held_out_pairs, train_gpt
 from specdec.models.checkpoint import save_gpt
 from specdec.models.fast_decoder import FastDecoderConfig, TokenToMel, save_fast_decoder
 from specdec.models.gpt import GPTConfig
 from specdec.models.text import Frontend
-from specdec.models.tokenizer import SpeakerStats, Tokenizer, TokenizerConfig, kmeans, load_tokenizer, save_tokenizer
+from specdec.models.tokenizer import (N_UNITS, PHONES, Tokenizer, TokenizerConfig, consistent, load_tokenizer,
+                                      n_frames, phone_units, save_tokenizer)
 from specdec.pipeline import TTS, synthesize
 from specdec.sampling import SamplingParams
 
@@ -32,21 +34,42 @@ def test_sentences_are_distinct_reproducible_and_test_texts_unseen():
     assert corpus.plural("knife") == "knives" and corpus.plural("cup of tea") == "cups of tea"
 
 
-def test_kmeans_recovers_separated_clusters_and_tokenizer_roundtrips(tmp_path):
-    g = torch.Generator().manual_seed(0)
-    centres = torch.randn(4, 6, generator=g) * 10
-    x = centres.repeat_interleave(50, 0) + torch.randn(200, 6, generator=g) * 0.1
-    c = kmeans(x, 4, iters=10)
-    assert torch.cdist(centres, c).min(1).values.max() < 0.5  # every true centre found
-    tok = Tokenizer(TokenizerConfig(n_tokens=4, n_mels=3, stack=2))
-    tok.centroids.copy_(c)
-    stats = SpeakerStats(torch.zeros(6), torch.ones(6))
-    assert torch.equal(tok.quantize(x, stats), torch.cdist(x, c).argmin(-1))
-    save_tokenizer(tok, str(tmp_path / "t.safetensors"), {"a": stats})
-    tok2, st2 = load_tokenizer(str(tmp_path / "t.safetensors"))
-    assert torch.equal(tok2.centroids, tok.centroids) and torch.equal(st2["a"].std, stats.std)
-    wav = torch.randn(16000, generator=g)
-    assert tok2.features(wav).shape == (math.ceil(16000 / 640), 6)
+def test_phone_units_keep_every_phone_and_its_timing():
+    segs = [("pau", 0.2), ("dh", 0.23), ("ax", 0.25), ("k", 0.4), ("ae", 0.61), ("t", 0.64), ("pau", 0.8)]
+    u = phone_units(segs, n_frames(int(0.8 * 16000)))
+    assert len(u) == 20 and int(u.max()) < N_UNITS
+    phones = [PHONES[i // 2] for i in u.tolist()]
+    onsets = [PHONES[i // 2] for i in u.tolist() if i % 2 == 0]
+    assert onsets == [p for p, _ in segs]  # every phone, even the 20 ms ones, keeps a frame, in order
+    assert phones[:5] == ["pau"] * 5 and phones[-4:] == ["pau"] * 4  # long phones keep their rounded spans
+    assert all(phones[j] == phones[j - 1] for j in range(1, 20) if u[j] % 2 == 1)  # a continuation continues
+    assert torch.equal(consistent(u), u)
+    with pytest.raises(SpecdecError, match="not in the unit set"):
+        phone_units([("xx", 0.1)], 4)
+    with pytest.raises(SpecdecError, match="do not fit"):
+        phone_units(segs, 5)
+
+
+def test_psdur_segments_are_shifted_into_the_trimmed_clip():
+    segs = corpus.parse_psdur("pau:0.184 dh:0.251 ax:0.281 pau:0.900 \n")
+    assert segs == [("pau", 0.184), ("dh", 0.251), ("ax", 0.281), ("pau", 0.9)]
+    shifted = corpus._shift(segs, start=0.2, duration=0.6)  # trimmed at 0.2 s, 0.6 s long
+    assert [p for p, _ in shifted] == ["dh", "ax", "pau"] and shifted[-1][1] == 0.6
+    assert abs(shifted[0][1] - 0.051) < 1e-9
+    with pytest.raises(SpecdecError, match="unreadable phone segment"):
+        corpus.parse_psdur("pau:x")
+
+
+def test_consistent_onsets_and_tokenizer_roundtrip(tmp_path):
+    # a phone change is always an onset; a predicted onset within a phone (a repeated phone) is kept
+    assert consistent(torch.tensor([3, 3, 5, 4, 5, 5])).tolist() == [2, 3, 4, 4, 5, 5]
+    tok = Tokenizer(TokenizerConfig(dim=16, layers=1))
+    save_tokenizer(tok, str(tmp_path / "t.safetensors"))
+    tok2 = load_tokenizer(str(tmp_path / "t.safetensors"))
+    wav = torch.randn(16000, generator=torch.Generator().manual_seed(0))
+    units = tok2.encode(wav)
+    assert units.shape == (n_frames(16000),) and int(units.max()) < N_UNITS
+    assert torch.equal(consistent(units), units)
 
 
 @needs_flite
@@ -57,16 +80,19 @@ def test_tiny_recipe_end_to_end(tmp_path):
     assert [c.seconds for c in again] == [c.seconds for c in clips] and all(c.seconds > 0.5 for c in clips)
     assert corpus.read_manifest(str(data / "manifest.jsonl")) == again
 
-    _, stats, tokens = voicebuild.tokenize_corpus(str(data), clips, n_tokens=16, max_frames=5000)
-    assert set(stats) == {"slt", "rms"} and all(int(t.max()) < 16 for t in tokens.values())
+    tokens = voicebuild.tokenize_corpus(str(data), clips)
+    assert all(int(t.max()) < N_UNITS and t.numel() == n_frames(round(c.seconds * 16000)) for c, t in
+               zip(clips, tokens.values()))
+    tok, report = voicebuild.train_tokenizer(str(data), clips, tokens, steps=3, work_dir=str(work / "tokenizer"))
+    assert report["steps"] == 3 and 0 <= report["held_out_accuracy"] <= 1
     frontend = Frontend("v2")
     train, test = voicebuild.utterances(str(data), clips, frontend)
     assert len(test) == 4 and all(u.tokens.numel() > 10 for u in train)
 
-    cfg = GPTConfig(n_layer=1, d_model=64, n_head=2, vocab_size=17, phoneme_vocab_size=732)
+    cfg = GPTConfig(n_layer=1, d_model=64, n_head=2, vocab_size=N_UNITS + 1, phoneme_vocab_size=732)
     gpt, st = train_gpt(cfg, train, held_out_pairs(test, train), str(work / "gpt"),
                         GPTTrainConfig(steps=40, warmup=5, lr=3e-3, batch_tokens=1500, eval_every=20))
-    assert st.history[-1]["loss"] < st.history[0]["loss"] < math.log(17) + 0.5  # it learns
+    assert st.history[-1]["loss"] < st.history[0]["loss"] < math.log(N_UNITS + 1) + 0.5  # it learns
     bundle.mkdir()
     save_gpt(gpt, str(bundle / "gpt.safetensors"), dtype=torch.float16)
 
@@ -74,7 +100,7 @@ def test_tiny_recipe_end_to_end(tmp_path):
                      str(work / "draft"), DistillConfig(steps=10, warmup=2, batch_tokens=1500))
     assert report["steps"] == 10
 
-    save_fast_decoder(TokenToMel(FastDecoderConfig(vocab_size=16, dim=32, token_layers=1, frame_layers=1,
+    save_fast_decoder(TokenToMel(FastDecoderConfig(vocab_size=N_UNITS, dim=32, token_layers=1, frame_layers=1,
                                                    gl_iters=2)), str(bundle / "decoder.safetensors"))
     refs = voicebuild.reference_clips(clips, ["slt", "rms"], min_s=0.0, max_s=60.0)
     for spk, clip in refs.items():
@@ -108,7 +134,6 @@ def test_pair_examples_use_the_inference_layout():
 
 
 def test_incomplete_bundle_is_a_one_line_error(tmp_path):
-    from specdec.errors import SpecdecError
     with pytest.raises(SpecdecError, match="gpt.safetensors: the demo bundle is incomplete"):
         demo.load(str(tmp_path))
 
@@ -127,3 +152,30 @@ def test_shipped_demo_voice_speaks(tmp_path, capsys):
     assert sr == 16000 and 0.5 < len(audio) / sr < 4.0 and abs(audio).max() > 0.01
     assert report["voice"] == "rms" and report["num_drafts"] > 0 and report["k"] == 4
     assert set(demo.load().voices) == {"slt", "rms", "awb", "kal"}
+
+
+@needs_flite
+def test_demo_voice_from_a_new_reference_clip(tmp_path, capsys):
+    """`specdec voice create` without --sovits: the bundle's tokenizer reads the clip's phonetic units (checked against
+    the synthesiser's own segmentation), and the new voice speaks."""
+    import subprocess
+
+    import soundfile as sf
+
+    from specdec.cli import main
+    from specdec.voices import Voice
+    text = "The old sailor carried a heavy basket of apples across the narrow bridge."
+    ref = tmp_path / "ref.wav"
+    run = subprocess.run(["flite", "-voice", "awb", "-psdur", "-t", text, "-o", str(ref)], check=True,
+                         capture_output=True, text=True)
+    assert main(["voice", "create", str(ref), "--text", text, "-o", str(tmp_path / "v"), "--name", "me"]) == 0
+    voice = Voice.load(str(tmp_path / "v"))
+    truth = phone_units(corpus.parse_psdur(run.stdout), n_frames(sf.info(str(ref)).frames))
+    assert voice.name == "me" and voice.tokens.shape == truth.shape
+    assert (voice.tokens == truth).float().mean() > 0.6
+    out = tmp_path / "out.wav"
+    assert main(["synth", "Hello there.", "--voice", str(tmp_path / "v"), "-o", str(out), "--seed", "0"]) == 0
+    assert sf.info(str(out)).duration > 0.3
+    sf.write(str(tmp_path / "short.wav"), sf.read(str(ref))[0][:16000], 16000)
+    assert main(["voice", "create", str(tmp_path / "short.wav"), "--text", "The old", "-o", str(tmp_path / "w")]) == 2
+    assert "it must be 3-10 s" in capsys.readouterr().err and not (tmp_path / "w").exists()
