@@ -172,7 +172,7 @@ def test_demo_voice_from_a_new_reference_clip(tmp_path, capsys):
     voice = Voice.load(str(tmp_path / "v"))
     truth = phone_units(corpus.parse_psdur(run.stdout), n_frames(sf.info(str(ref)).frames))
     assert voice.name == "me" and voice.tokens.shape == truth.shape
-    assert (voice.tokens == truth).float().mean() > 0.6
+    assert (voice.tokens == truth).float().mean() > 0.85  # 0.94 when written
     out = tmp_path / "out.wav"
     assert main(["synth", "Hello there.", "--voice", str(tmp_path / "v"), "-o", str(out), "--seed", "0"]) == 0
     assert sf.info(str(out)).duration > 0.3
