@@ -71,6 +71,14 @@ def log_mel(wav: torch.Tensor) -> torch.Tensor:
     return torch.log(torch.clamp(mel_basis() @ spec.abs(), min=LOG_FLOOR)).t()
 
 
+def token_mel(wav: torch.Tensor, n_tokens: int) -> torch.Tensor:
+    """float [N] at 16 kHz → log-mel [4·n_tokens, 80]: the frames of n_tokens tokens, cut or edge-padded (a clip's
+    token count rounds up past its last mel frame)."""
+    mel = log_mel(wav)
+    n = FRAMES_PER_TOKEN * n_tokens
+    return torch.cat([mel, mel[-1:].expand(max(0, n - len(mel)), -1)])[:n]
+
+
 def reference_stats(wav: torch.Tensor, sample_rate: int) -> torch.Tensor:
     """A reference clip → [2, 80]: per-bin mean and std of its log-mel (the voice's `ref_mel_stats`)."""
     if sample_rate != SAMPLE_RATE:

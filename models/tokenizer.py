@@ -24,7 +24,7 @@ from torch import nn
 
 from specdec.errors import SpecdecError
 from specdec.models import weights
-from specdec.models.fast_decoder import FRAMES_PER_TOKEN, N_MELS, ConvBlock, log_mel
+from specdec.models.fast_decoder import FRAMES_PER_TOKEN, HOP, N_MELS, SAMPLE_RATE, ConvBlock, token_mel
 
 FORMAT_TAG = "specdec-tokenizer"
 
@@ -35,8 +35,8 @@ PHONES = ("pau", "aa", "ae", "ah", "ao", "aw", "ax", "axr", "ay", "b", "ch", "d"
           "hh", "ih", "iy", "jh", "k", "l", "m", "n", "ng", "ow", "oy", "p", "r", "s", "sh", "t", "th", "uh", "uw",
           "v", "w", "y", "z", "zh")
 N_UNITS = 2 * len(PHONES)  # unit 2·i: the first frame of phone i; 2·i + 1: a frame that continues it
-TOKEN_RATE = 25
-SAMPLES_PER_TOKEN = 640  # at 16 kHz
+SAMPLES_PER_TOKEN = FRAMES_PER_TOKEN * HOP  # 640 at 16 kHz: the decoder's token
+TOKEN_RATE = SAMPLE_RATE // SAMPLES_PER_TOKEN  # 25 Hz
 
 
 def n_frames(n_samples: int) -> int:
@@ -114,9 +114,7 @@ class Tokenizer(nn.Module):
 def clip_mel(wav: torch.Tensor) -> torch.Tensor:
     """wav [N] at 16 kHz → log-mel [4·n_frames(N), 80] standardised per bin over the clip (level and timbre
     removed), edge-padded to whole tokens."""
-    mel = log_mel(wav)
-    n = FRAMES_PER_TOKEN * n_frames(wav.shape[-1])
-    mel = torch.cat([mel, mel[-1:].expand(max(0, n - len(mel)), -1)])[:n]
+    mel = token_mel(wav, n_frames(wav.shape[-1]))
     return (mel - mel.mean(0)) / mel.std(0).clamp_min(1e-3)
 
 

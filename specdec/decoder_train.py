@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from specdec.models import weights
-from specdec.models.fast_decoder import FRAMES_PER_TOKEN, FastDecoderConfig, TokenToMel, log_mel, save_fast_decoder
+from specdec.models.fast_decoder import FRAMES_PER_TOKEN, FastDecoderConfig, TokenToMel, save_fast_decoder, token_mel
 
 
 @dataclass
@@ -99,9 +99,7 @@ def _mels(manifest: str, tokens_path: str) -> dict[str, list[dict]]:
         if sr != SAMPLE_RATE:
             wav = resample(wav, sr, SAMPLE_RATE)
         tok = tokens[row["id"]].long()
-        mel = log_mel(wav)
-        n = FRAMES_PER_TOKEN * len(tok)
-        mel = torch.cat([mel, mel[-1:].expand(max(0, n - len(mel)), -1)])[:n]  # the tokenizer may round up a frame
+        mel = token_mel(wav, len(tok))
         split["test" if row.get("split") == "test" else "train"].append(
             {"id": row["id"], "speaker": row["speaker"], "tokens": tok, "mel": mel})
     return split
