@@ -178,13 +178,18 @@ class Clip:
     seconds: float = 0.0
 
 
-def plan(n_sentences: int, n_test: int, speakers: list[str], seed: int = 0) -> list[Clip]:
-    """One clip per sentence, speakers in turn; the last n_test sentences are the held-out test split."""
+def plan(n_sentences: int, n_test: int, speakers: list[str], seed: int = 0, test_at: int | None = None) -> list[Clip]:
+    """One clip per sentence, speakers in turn; sentences [test_at − n_test, test_at) are the held-out test split
+    (default test_at = n_sentences: the last ones). `sentences` is prefix-stable, so a corpus grown with a fixed
+    test_at keeps its clips and its held-out set."""
+    test_at = n_sentences if test_at is None else test_at
+    if not n_test <= test_at <= n_sentences:
+        raise SpecdecError(f"held-out sentences end at {test_at}: must be between {n_test} and {n_sentences}")
     clips = []
     for i, text in enumerate(sentences(n_sentences, seed)):
         spk = speakers[i % len(speakers)]
         cid = f"{spk}_{i:05d}"
-        clips.append(Clip(cid, spk, text, f"wavs/{cid}.wav", "test" if i >= n_sentences - n_test else "train"))
+        clips.append(Clip(cid, spk, text, f"wavs/{cid}.wav", "test" if test_at - n_test <= i < test_at else "train"))
     return clips
 
 
@@ -266,12 +271,12 @@ def check_tools(speakers: list[str]) -> None:
 
 
 def build(out_dir: str, n_sentences: int = 4000, n_test: int = 60, speakers: list[str] | None = None,
-          seed: int = 0, workers: int = 2, progress=None) -> list[Clip]:
+          seed: int = 0, workers: int = 2, progress=None, test_at: int | None = None) -> list[Clip]:
     """Synthesise (or finish) the corpus in out_dir and write manifest.jsonl; returns the clips."""
     speakers = speakers or list(SPEAKERS)
     check_tools(speakers)
     os.makedirs(os.path.join(out_dir, "wavs"), exist_ok=True)
-    clips = plan(n_sentences, n_test, speakers, seed)
+    clips = plan(n_sentences, n_test, speakers, seed, test_at)
     with ThreadPoolExecutor(workers) as pool:  # the work is in the flite subprocesses
         for i, (clip, sec) in enumerate(zip(clips, pool.map(lambda c: synthesize(c, out_dir), clips))):
             clip.seconds = round(sec, 3)

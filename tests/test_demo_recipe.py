@@ -34,6 +34,16 @@ def test_sentences_are_distinct_reproducible_and_test_texts_unseen():
     assert corpus.plural("knife") == "knives" and corpus.plural("cup of tea") == "cups of tea"
 
 
+def test_a_corpus_grown_with_a_fixed_held_out_set_keeps_its_clips_and_splits():
+    small = corpus.plan(300, 20, ["slt", "rms"], seed=3)
+    grown = corpus.plan(500, 20, ["slt", "rms"], seed=3, test_at=300)
+    assert [(c.id, c.text, c.split) for c in grown[:300]] == [(c.id, c.text, c.split) for c in small]
+    assert all(c.split == "train" for c in grown[300:]) and sum(c.split == "test" for c in grown) == 20
+    assert not {c.text for c in grown if c.split == "train"} & {c.text for c in grown if c.split == "test"}
+    with pytest.raises(SpecdecError, match="held-out sentences end at 600"):
+        corpus.plan(500, 20, ["slt"], test_at=600)
+
+
 def test_phone_units_keep_every_phone_and_its_timing():
     segs = [("pau", 0.2), ("dh", 0.23), ("ax", 0.25), ("k", 0.4), ("ae", 0.61), ("t", 0.64), ("pau", 0.8)]
     u = phone_units(segs, n_frames(int(0.8 * 16000)))

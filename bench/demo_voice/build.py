@@ -31,7 +31,7 @@ def step_corpus(args) -> None:
     from specdec import corpus
     with _progress() as p:
         task = p.add_task("corpus", total=args.sentences)
-        clips = corpus.build(args.data, n_sentences=args.sentences, n_test=args.test,
+        clips = corpus.build(args.data, n_sentences=args.sentences, n_test=args.test, test_at=args.test_at,
                              progress=lambda i, n: p.update(task, completed=i))
     hours = sum(c.seconds for c in clips) / 3600
     n_test = sum(c.split == "test" for c in clips)
@@ -177,6 +177,8 @@ def main(argv=None) -> int:
     ap.add_argument("--data", default="/work/data/demo", help="working folder (corpus, tokens, checkpoints)")
     ap.add_argument("--sentences", type=int, default=6000)
     ap.add_argument("--test", type=int, default=60, help="held-out sentences (never trained on)")
+    ap.add_argument("--test-at", type=int, default=None,
+                    help="the held-out sentences are the --test before this index (default: the last ones)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (one per job on a shared machine)")
     ap.add_argument("--tokenizer-steps", type=int, default=1500)
     ap.add_argument("--layers", type=int, default=6)
