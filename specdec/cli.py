@@ -35,12 +35,13 @@ def _add_synth(sub) -> None:
     p.add_argument("--sovits", help="SoVITS file (upstream .pth or specdec .safetensors)")
     p.add_argument("--voice", help="voice folder (specdec voice create), or a built-in speaker's name")
     p.add_argument("--draft", help="GPT file, layerskip:N, int8[:N] (an int8 copy of the GPT), ngram or none")
-    p.add_argument("--k", type=int, default=None, help="drafts per round (default 4)")
+    p.add_argument("--k", type=int, default=None, help="drafts per round (default: the bundle's, else 4)")
     p.add_argument("--adaptive", action="store_true", help="pick k per round from observed acceptance")
-    p.add_argument("--top-k", type=int, default=15)
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--repetition-penalty", type=float, default=1.35)
+    # sampling defaults: the demo bundle's generation.json (its model card says why), else upstream's 15, 1, 1, 1.35
+    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--temperature", type=float, default=None)
+    p.add_argument("--repetition-penalty", type=float, default=None)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--stream", action=argparse.BooleanOptionalAction, default=None,
                    help="decode in chunks as tokens are accepted (reports time to first audio)")
@@ -63,8 +64,9 @@ def cmd_synth(args) -> None:
     from specdec.pipeline import TTS, synthesize, write_wav
     from specdec.sampling import SamplingParams
     preset = MODES[args.mode]
-    params = SamplingParams(top_k=args.top_k, top_p=args.top_p, temperature=args.temperature,
-                            repetition_penalty=args.repetition_penalty, seed=args.seed)
+    given = {name: v for name, v in [("top_k", args.top_k), ("top_p", args.top_p), ("temperature", args.temperature),
+                                     ("repetition_penalty", args.repetition_penalty)] if v is not None}
+    SamplingParams(**given)  # impossible values fail before any model loads
     if not args.text.strip():
         raise SpecdecError("the text is empty")
     if args.k is not None and not 1 <= args.k <= 16:
@@ -72,20 +74,24 @@ def cmd_synth(args) -> None:
     out_dir = os.path.dirname(os.path.abspath(args.out))
     if not os.path.isdir(out_dir):
         raise SpecdecError(f"{args.out}: the folder {out_dir} does not exist")
-    gpt, decoder, frontend, voice, bundle_draft = _load_models(args)
+    gpt, decoder, frontend, voice, bundle_draft, generation = _load_models(args)
+    sampling = {**{name: v for name, v in generation.items() if name != "k"}, **given}
+    params = SamplingParams(seed=args.seed, **sampling)
     if preset.get("quantize"):
         from specdec.models.int8 import quantize_gpt
         gpt = quantize_gpt(gpt)
     draft = _resolve_draft(args.draft if args.draft is not None else preset["draft"], bundle_draft)
     stream = preset["stream"] if args.stream is None else args.stream
-    tts = TTS(gpt, decoder, frontend, draft=draft, k=args.k or 4, adaptive=args.adaptive)
+    tts = TTS(gpt, decoder, frontend, draft=draft, k=args.k or generation.get("k", 4), adaptive=args.adaptive)
     frontend.read(args.text, args.language or voice.language)  # a text it cannot read fails now, not after warm-up
     tts.warm_up(voice)  # first-audio time then measures synthesis, not dictionary loading or weight packing
     audio, stats = synthesize(args.text, tts, voice, streaming=stream, language=args.language,
                               text_split=args.text_split, params=params)
     write_wav(args.out, audio, decoder.sample_rate)
     report = {**stats.to_dict(), "out": args.out, "mode": args.mode, "draft": _draft_name(draft),
-              "k": tts.k if draft is not None else 0, "streaming": stream, "voice": voice.name}
+              "k": tts.k if draft is not None else 0, "streaming": stream, "voice": voice.name,
+              "sampling": {name: getattr(params, name) for name in ("top_k", "top_p", "temperature",
+                                                                   "repetition_penalty", "seed")}}
     if args.json:
         print(json.dumps(report))
     else:
@@ -99,14 +105,15 @@ def _draft_name(draft) -> str:
 
 
 def _load_models(args):
-    """(gpt, decoder, frontend, voice, bundle draft) from explicit files, or the bundled demo voice."""
+    """(gpt, decoder, frontend, voice, bundle draft, the bundle's generation defaults) from explicit files, or the
+    bundled demo voice."""
     from specdec.models.text import Frontend
     from specdec.voices import Voice
     if args.gpt is None and args.sovits is None:
         from specdec import demo
         bundle = demo.load()
         voice = bundle.voice(args.voice)
-        return bundle.gpt, bundle.decoder, bundle.frontend, voice, bundle.draft
+        return bundle.gpt, bundle.decoder, bundle.frontend, voice, bundle.draft, bundle.generation
     if not (args.gpt and args.sovits and args.voice):
         raise SpecdecError("a model set needs --gpt, --sovits and --voice together (or none of them: demo voice)")
     from specdec.models.checkpoint import load_gpt
@@ -116,7 +123,7 @@ def _load_models(args):
     decoder = SoVITSDecoder.from_file(args.sovits, seed=0 if args.seed is None else args.seed)
     check_symbol_set(decoder.cfg, gpt.cfg.phoneme_vocab_size, f"{args.gpt} + {args.sovits}")
     voice = Voice.load(args.voice)
-    return gpt, decoder, Frontend(voice.symbol_version), voice, None
+    return gpt, decoder, Frontend(voice.symbol_version), voice, None, {}
 
 
 def _print_synth_table(r: dict) -> None:
@@ -126,6 +133,8 @@ def _print_synth_table(r: dict) -> None:
     acc = " ".join(f"{a:.2f}" for a in r["acceptance_per_position"]) or "–"
     rows = [("voice / mode", f"{r['voice']} / {r['mode']}" + (" (LOSSY: int8 GPT)" if r["lossy"] else "")),
             ("draft", f"{r['draft']}" + (f" (k={r['k']})" if r["k"] else "")),
+            ("sampling", "top_k {top_k} · top_p {top_p:g} · T {temperature:g} · repetition penalty "
+                         "{repetition_penalty:g} · seed {seed}".format(**r["sampling"])),
             ("tokens generated", f"{r['tokens']}"),
             ("target forward passes", f"{r['target_passes']}"),
             ("acceptance rate (drafts)", f"{r['draft_acceptance_rate']:.1%}" if r["num_drafts"] else "–"),

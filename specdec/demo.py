@@ -3,12 +3,14 @@
     bundle = demo.load()            # GPT, EAGLE draft, fast decoder, v2 front-end, built-in voices
     voice = bundle.voice("slt")     # a built-in speaker, a voice folder, or None for the default
     voice = bundle.create_voice("me.wav", "What the clip says.")   # a new speaker from a 3-10 s reference
+    bundle.generation               # the synth defaults measured best for this model (generation.json)
 
 `specdec synth "text"` with no model options uses it, so the CLI speaks with nothing downloaded.
 """
 from __future__ import annotations
 
 import functools
+import json
 import os
 from dataclasses import dataclass, field
 
@@ -16,6 +18,7 @@ from specdec.errors import SpecdecError
 from specdec.voices import Voice
 
 DEFAULT_VOICE = "slt"
+GENERATION_KEYS = ("top_k", "top_p", "temperature", "repetition_penalty", "k")  # sampling (upstream names), drafts
 
 
 def demo_dir() -> str:
@@ -33,6 +36,7 @@ class DemoBundle:
     voices: dict[str, Voice] = field(default_factory=dict)
     default_voice: str = DEFAULT_VOICE
     folder: str = ""
+    generation: dict = field(default_factory=dict)  # this model's own synth defaults, chosen by measurement
 
     def voice(self, name: str | None = None) -> Voice:
         """A built-in speaker by name, a voice folder made for this bundle, or the default speaker."""
@@ -50,6 +54,21 @@ class DemoBundle:
         from specdec.voices import create_demo_voice
         tok = load_tokenizer(_need(os.path.join(self.folder, "tokenizer.safetensors")))
         return create_demo_voice(ref_wav, text, self.frontend, tok, name)
+
+
+def read_generation(path: str) -> dict:
+    """generation.json (like a Hugging Face generation_config): the sampling settings and draft length that the model
+    card measured best for this model; absent → {} (upstream's defaults apply)."""
+    if not os.path.isfile(path):
+        return {}
+    try:
+        with open(path, encoding="utf-8") as f:
+            settings = json.load(f)
+    except (OSError, ValueError) as e:
+        raise SpecdecError(f"{path}: unreadable ({e})") from None
+    if not isinstance(settings, dict) or set(settings) - set(GENERATION_KEYS):
+        raise SpecdecError(f"{path}: expected an object with keys among {', '.join(GENERATION_KEYS)}")
+    return settings
 
 
 def _need(path: str) -> str:
@@ -77,4 +96,5 @@ def load(folder: str | None = None) -> DemoBundle:
     if not voices:
         raise SpecdecError(f"{vdir}: the demo bundle has no voices")
     default = DEFAULT_VOICE if DEFAULT_VOICE in voices else next(iter(voices))
-    return DemoBundle(gpt, draft, decoder, Frontend("v2"), voices, default, folder)
+    return DemoBundle(gpt, draft, decoder, Frontend("v2"), voices, default, folder,
+                      read_generation(os.path.join(folder, "generation.json")))

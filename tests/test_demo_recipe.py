@@ -160,8 +160,42 @@ def test_shipped_demo_voice_speaks(tmp_path, capsys):
     report = json.loads(capsys.readouterr().out)
     audio, sr = sf.read(str(out))
     assert sr == 16000 and 0.5 < len(audio) / sr < 4.0 and abs(audio).max() > 0.01
-    assert report["voice"] == "rms" and report["num_drafts"] > 0 and report["k"] == 4
+    assert report["voice"] == "rms" and report["num_drafts"] > 0
     assert set(demo.load().voices) == {"slt", "rms", "awb", "kal"}
+
+
+def test_synth_takes_the_bundles_generation_defaults_and_explicit_options_win(tmp_path, capsys):
+    import json
+
+    from specdec.cli import main
+    gen = demo.load().generation
+    out = str(tmp_path / "a.wav")
+    assert main(["synth", "Good morning.", "-o", out, "--seed", "1", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    want = SamplingParams(**{name: v for name, v in gen.items() if name != "k"})
+    assert r["sampling"] == {"top_k": want.top_k, "top_p": want.top_p, "temperature": want.temperature,
+                             "repetition_penalty": want.repetition_penalty, "seed": 1}
+    assert r["k"] == gen.get("k", 4)
+    assert main(["synth", "Good morning.", "-o", out, "--json", "--top-k", "7", "--temperature", "0.9",
+                 "--repetition-penalty", "1.1", "--top-p", "0.8", "--k", "2"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["k"] == 2 and r["sampling"] == {"top_k": 7, "top_p": 0.8, "temperature": 0.9,
+                                             "repetition_penalty": 1.1, "seed": None}
+    assert main(["synth", "Good morning.", "-o", out, "--temperature", "-1"]) == 2
+    assert "temperature must be >= 0" in capsys.readouterr().err
+
+
+def test_generation_file_is_optional_and_checked(tmp_path):
+    path = tmp_path / "generation.json"
+    assert demo.read_generation(str(path)) == {}
+    path.write_text('{"top_k": 1, "k": 3}')
+    assert demo.read_generation(str(path)) == {"top_k": 1, "k": 3}
+    path.write_text('{"top_k": 1, "beams": 4}')
+    with pytest.raises(SpecdecError, match="keys among top_k"):
+        demo.read_generation(str(path))
+    path.write_text("{")
+    with pytest.raises(SpecdecError, match="generation.json: unreadable"):
+        demo.read_generation(str(path))
 
 
 @needs_flite
