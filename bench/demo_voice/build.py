@@ -30,8 +30,9 @@ def _progress() -> Progress:
 def step_corpus(args) -> None:
     from specdec import corpus
     with _progress() as p:
-        task = p.add_task("corpus", total=args.sentences)
+        task = p.add_task("corpus", total=args.sentences + args.word_sentences)
         clips = corpus.build(args.data, n_sentences=args.sentences, n_test=args.test, test_at=args.test_at,
+                             n_words=args.word_sentences,
                              progress=lambda i, n: p.update(task, completed=i))
     hours = sum(c.seconds for c in clips) / 3600
     n_test = sum(c.split == "test" for c in clips)
@@ -177,6 +178,8 @@ def main(argv=None) -> int:
     ap.add_argument("--data", default="/work/data/demo", help="working folder (corpus, tokens, checkpoints)")
     ap.add_argument("--sentences", type=int, default=6000)
     ap.add_argument("--test", type=int, default=60, help="held-out sentences (never trained on)")
+    ap.add_argument("--word-sentences", type=int, default=0,
+                    help="word-list sentences of common English words, for vocabulary breadth (training only)")
     ap.add_argument("--test-at", type=int, default=None,
                     help="the held-out sentences are the --test before this index (default: the last ones)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (one per job on a shared machine)")
