@@ -3,7 +3,7 @@
 Text: sentences drawn from hand-written templates over a common vocabulary (written for this project, MIT like the
 rest of it), plus optional *word-list sentences* for breadth: random runs of the most frequent English words
 (wordsegment's unigram table, Apache-2.0, kept where CMUdict knows the word), so that the voice meets phone
-sequences the ~600 template words never make ("from", "hello", ...). Neither source carries a restrictive licence.
+sequences the ~600 template words never make ("from", "about", ...). Neither source carries a restrictive licence.
 Audio: Debian's flite voices, each a distinct speaker; see MODEL_CARD.md for their licences. Every clip is
 16 kHz mono PCM.
 
