@@ -256,3 +256,15 @@ def test_debug_shows_the_traceback():
     assert rc != 0 and "Traceback" in err
     rc, _, err = run_process("info", "/nope.ckpt")
     assert "no such file" in one_error_line(rc, err)
+
+
+def test_importing_specdec_first_shortens_the_openmp_spin_unless_set():
+    import subprocess
+    import sys
+    code = "import os, specdec; print(os.environ['GOMP_SPINCOUNT'])"
+    env = {k: v for k, v in os.environ.items() if k != "GOMP_SPINCOUNT"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "1000"
+    env["GOMP_SPINCOUNT"] = "5"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "5"
