@@ -1,10 +1,10 @@
 """Rebuild the demo voice from scratch: corpus → tokenizer → target GPT → draft → bundle (models/demo/).
 
-    python bench/demo_voice/build.py corpus   [--data /work/data/demo]
+    python bench/demo_voice/build.py corpus   [--data /work/data/demo] [--sentences N --test-at M --word-sentences W]
     python bench/demo_voice/build.py tokens
     python bench/demo_voice/build.py tokenizer [--tokenizer-steps N]
     python bench/demo_voice/build.py gpt      [--minutes 40]
-    python bench/demo_voice/build.py draft    [--steps N]
+    python bench/demo_voice/build.py draft    [--draft-steps N]
     python bench/demo_voice/build.py bundle   [--out models/demo]
 
 Every step is resumable (re-run it after an interruption) and shows a rich progress bar; each writes under --data.
