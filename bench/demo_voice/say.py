@@ -42,7 +42,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--sampling", default="default,greedy", help=f"comma-separated, of {', '.join(SAMPLING)}")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
-    specdec_cli = shutil.which("specdec") or sys.exit("the specdec command is not on PATH (pip install -e .)")
+    specdec_cli = (shutil.which("specdec") or shutil.which("specdec", path=os.path.dirname(sys.executable))
+                   or sys.exit("the specdec command is not installed (pip install -e .)"))
     asr, voices, runs = ASR(threads=2), sorted(demo.load().voices), []
     words = normalize(args.text)
     with tempfile.TemporaryDirectory() as tmp:
