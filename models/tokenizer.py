@@ -35,6 +35,7 @@ PHONES = ("pau", "aa", "ae", "ah", "ao", "aw", "ax", "axr", "ay", "b", "ch", "d"
           "hh", "ih", "iy", "jh", "k", "l", "m", "n", "ng", "ow", "oy", "p", "r", "s", "sh", "t", "th", "uh", "uw",
           "v", "w", "y", "z", "zh")
 N_UNITS = 2 * len(PHONES)  # unit 2·i: the first frame of phone i; 2·i + 1: a frame that continues it
+UNIT_SET = "flite-phone-units-25hz"  # a voice's provenance tag: its prompt tokens are these units
 SAMPLES_PER_TOKEN = FRAMES_PER_TOKEN * HOP  # 640 at 16 kHz: the decoder's token
 TOKEN_RATE = SAMPLE_RATE // SAMPLES_PER_TOKEN  # 25 Hz
 

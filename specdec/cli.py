@@ -62,10 +62,9 @@ def _resolve_draft(spec, bundle_draft):
 
 def cmd_synth(args) -> None:
     from specdec.pipeline import TTS, synthesize, write_wav
-    from specdec.sampling import SamplingParams
+    from specdec.sampling import SAMPLING_OPTIONS, SamplingParams
     preset = MODES[args.mode]
-    given = {name: v for name, v in [("top_k", args.top_k), ("top_p", args.top_p), ("temperature", args.temperature),
-                                     ("repetition_penalty", args.repetition_penalty)] if v is not None}
+    given = {name: getattr(args, name) for name in SAMPLING_OPTIONS if getattr(args, name) is not None}
     SamplingParams(**given)  # impossible values fail before any model loads
     if not args.text.strip():
         raise SpecdecError("the text is empty")
@@ -75,7 +74,7 @@ def cmd_synth(args) -> None:
     if not os.path.isdir(out_dir):
         raise SpecdecError(f"{args.out}: the folder {out_dir} does not exist")
     gpt, decoder, frontend, voice, bundle_draft, generation = _load_models(args)
-    sampling = {**{name: v for name, v in generation.items() if name != "k"}, **given}
+    sampling = {**{name: v for name, v in generation.items() if name in SAMPLING_OPTIONS}, **given}
     params = SamplingParams(seed=args.seed, **sampling)
     if preset.get("quantize"):
         from specdec.models.int8 import quantize_gpt
@@ -90,8 +89,7 @@ def cmd_synth(args) -> None:
     write_wav(args.out, audio, decoder.sample_rate)
     report = {**stats.to_dict(), "out": args.out, "mode": args.mode, "draft": _draft_name(draft),
               "k": tts.k if draft is not None else 0, "streaming": stream, "voice": voice.name,
-              "sampling": {name: getattr(params, name) for name in ("top_k", "top_p", "temperature",
-                                                                   "repetition_penalty", "seed")}}
+              "sampling": {name: getattr(params, name) for name in (*SAMPLING_OPTIONS, "seed")}}
     if args.json:
         print(json.dumps(report))
     else:

@@ -15,10 +15,11 @@ import os
 from dataclasses import dataclass, field
 
 from specdec.errors import SpecdecError
+from specdec.sampling import SAMPLING_OPTIONS
 from specdec.voices import Voice
 
 DEFAULT_VOICE = "awb"  # the lowest held-out WER at upstream default sampling (MODEL_CARD.md)
-GENERATION_KEYS = ("top_k", "top_p", "temperature", "repetition_penalty", "k")  # sampling (upstream names), drafts
+GENERATION_KEYS = (*SAMPLING_OPTIONS, "k")  # sampling (upstream names), drafts per round
 
 
 def demo_dir() -> str:

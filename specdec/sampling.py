@@ -25,6 +25,9 @@ MIN_STEPS_BEFORE_EOS = 11  # upstream: `if idx < 11: logits = logits[:, :-1]`
 MAX_STEPS = 1500  # upstream's hard cap on decode steps per segment (60 s of audio at 25 Hz)
 
 
+SAMPLING_OPTIONS = ("top_k", "top_p", "temperature", "repetition_penalty")  # the warper's settings, upstream names
+
+
 @dataclass(frozen=True)
 class SamplingParams:
     """Upstream names and defaults (TTS.run / api_v2)."""

@@ -158,7 +158,8 @@ def make_voice(data_dir: str, clip: Clip, tokens: torch.Tensor, frontend) -> Voi
     """A built-in voice: the reference transcript's phones, the clip's tokens (the GPT prompt) and the fast
     decoder's conditioning (the clip's log-mel statistics)."""
     from specdec.models.fast_decoder import SAMPLE_RATE, reference_stats
+    from specdec.models.tokenizer import UNIT_SET
     phones, _ = frontend.phones(clip.text, "en")
     cond = {"ref_mel_stats": reference_stats(read_clip(data_dir, clip), SAMPLE_RATE)}
     return Voice(clip.speaker, clip.text, "en", frontend.symbol_version, phones, tokens, None, cond,
-                 {"source": clip.id, "decoder": "fast", "tokenizer": "flite-phone-units-25hz"})
+                 {"source": clip.id, "decoder": "fast", "tokenizer": UNIT_SET})

@@ -113,6 +113,7 @@ def create_demo_voice(ref_wav: str, text: str, frontend, tokenizer, name: str | 
     units), the fast decoder's conditioning (the reference's log-mel statistics) and the transcript's phones."""
     from specdec.models.audio import check_reference_duration, load_wav, peak_normalize, resample
     from specdec.models.fast_decoder import SAMPLE_RATE, reference_stats
+    from specdec.models.tokenizer import UNIT_SET
     if not text.strip():
         raise SpecdecError("the reference transcript (--text) is empty")
     wav, sr = load_wav(ref_wav)
@@ -122,4 +123,4 @@ def create_demo_voice(ref_wav: str, text: str, frontend, tokenizer, name: str | 
     cond = {"ref_mel_stats": reference_stats(wav, SAMPLE_RATE)}
     return Voice(name or os.path.splitext(os.path.basename(ref_wav))[0], text, "en", frontend.symbol_version, phones,
                  tokenizer.encode(wav), None, cond, {"source": os.path.basename(ref_wav), "decoder": "fast",
-                                                     "tokenizer": "flite-phone-units-25hz"})
+                                                     "tokenizer": UNIT_SET})
