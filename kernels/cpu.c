@@ -342,3 +342,185 @@ void decode_layers(const Layer *layers, int64_t n_layer, float *x, int64_t T, in
     }
     free(buf);
 }
+
+/* ---- the draft loop ----------------------------------------------------------------------------------------- */
+
+/* A draft model for draft_loop. Mirrored by ctypes in kernels/cpu.py. */
+typedef struct {
+    const Layer *layers;
+    int64_t n_layer, H, D;
+    float eps;
+    const Lin *fc;      /* EAGLE: a drafted token's input row is fc([ĥ of the previous row ; e]); NULL: e itself */
+    const Lin *head;    /* [d, V] */
+    const float *emb;   /* [V, d] audio token embedding */
+    const float *pe;    /* [n_pe, d] sinusoid table; e = emb[token] + alpha · pe[audio position] */
+    float alpha;
+    int64_t V;
+} Draft;
+
+/* Per-sequence sampling settings (specdec.sampling.SamplingParams). Mirrored by ctypes in kernels/cpu.py. */
+typedef struct {
+    int64_t top_k; /* 0: none */
+    float top_p, temperature, repetition_penalty;
+} Sampling;
+
+typedef struct {
+    float v;
+    int32_t i;
+} Ranked;
+
+static int by_value_desc(const void *a, const void *b) {
+    float x = ((const Ranked *)a)->v, y = ((const Ranked *)b)->v;
+    return x < y ? 1 : x > y ? -1 : ((const Ranked *)a)->i - ((const Ranked *)b)->i;
+}
+
+/* the k-th largest of x[0:n] (k in 1..n); scrambles x */
+static float kth_largest(float *x, int64_t n, int64_t k) {
+    int64_t lo = 0, hi = n - 1, want = k - 1;
+    while (lo < hi) {
+        float pivot = x[(lo + hi) / 2];
+        int64_t i = lo, j = hi;
+        while (i <= j) {
+            while (x[i] > pivot) i++;
+            while (x[j] < pivot) j--;
+            if (i <= j) {
+                float t = x[i];
+                x[i++] = x[j];
+                x[j--] = t;
+            }
+        }
+        if (want <= j) hi = j;
+        else if (want >= i) lo = i;
+        else return x[want];
+    }
+    return x[want];
+}
+
+/* The upstream warper chain on one row of logits (specdec.sampling.warp, same order) → probabilities p [V].
+   scratch: V Ranked. A draft's own distribution: exactness only needs p to be what the draft then samples from. */
+static void warp_row(const float *logits, const uint8_t *seen, int64_t V, int ban_eos, const Sampling *sp, float *p,
+                     Ranked *scratch) {
+    float rp = sp->repetition_penalty;
+    for (int64_t v = 0; v < V; v++) {
+        float s = logits[v];
+        p[v] = rp != 1.0f && seen[v] ? (s < 0.0f ? s * rp : s / rp) : s;
+    }
+    if (ban_eos) p[V - 1] = -INFINITY;
+    if (sp->top_p < 1.0f) {
+        for (int64_t v = 0; v < V; v++) scratch[v] = (Ranked){p[v], (int32_t)v};
+        qsort(scratch, V, sizeof(Ranked), by_value_desc);
+        double total = 0.0, cum = 0.0;
+        for (int64_t r = 0; r < V; r++) total += exp((double)scratch[r].v - scratch[0].v);
+        for (int64_t r = 0; r < V; r++) {
+            cum += exp((double)scratch[r].v - scratch[0].v) / total;
+            if (r > 0 && cum > sp->top_p) p[scratch[r].i] = -INFINITY;
+        }
+    }
+    if (sp->temperature != 1.0f) {
+        float t = sp->temperature > 1e-5f ? sp->temperature : 1e-5f;
+        for (int64_t v = 0; v < V; v++) p[v] /= t;
+    }
+    if (sp->top_k > 0 && sp->top_k < V) {
+        float *tmp = (float *)scratch;
+        memcpy(tmp, p, sizeof(float) * V);
+        float pivot = kth_largest(tmp, V, sp->top_k);
+        for (int64_t v = 0; v < V; v++)
+            if (p[v] < pivot) p[v] = -INFINITY;
+    }
+    float m = -INFINITY, sum = 0.0f;
+    for (int64_t v = 0; v < V; v++) m = p[v] > m ? p[v] : m;
+    for (int64_t v = 0; v < V; v++) sum += (p[v] = expf(p[v] - m));
+    for (int64_t v = 0; v < V; v++) p[v] /= sum;
+}
+
+/* Draft up to kmax[b] tokens for each of B sequences in one call: feed rows through the draft's blocks, warp the
+   newest row's logits, sample (the exponential race argmax p / E against the caller's noise), feed the sample, repeat.
+
+   Step 0 runs the caller's rows x0 [T0, d] (catch-up: the tokens the draft has not seen, ending with the pending
+   one) with their slots, sequences and key counts; last0[b] is sequence b's newest row in x0, at absolute position
+   pos[b] and audio position apos[b]. Drafted token j of sequence b is fed at position pos[b] + 1 + j (its slot
+   from block_table). A sequence stops after kmax[b] drafts, at EOS (the last token id), or when the drawn token's
+   probability is below `threshold`. EOS is banned at draft j while j < ban[b]. seen [B, V] (the repetition-penalty
+   set) gains each draft. With `handoff`, hidden [B, K+1, d] receives the block output of every fed row, the last
+   draft included (one more pass): a verifier resumes from them. Out: tokens [B, K], q [B, K, V] (the distribution
+   each token was drawn from), n_out[b] drafts. noise [B, K, V] > 0. */
+void draft_loop(const Draft *m, int64_t B, const float *x0, int64_t T0, const int64_t *slot0, const int32_t *seq0,
+                const int32_t *keys0, const int64_t *last0, const int64_t *pos, const int64_t *apos,
+                const int32_t *block_table, int64_t W, int64_t page_size, int64_t num_slots, const int64_t *kmax,
+                const int64_t *ban, const Sampling *sp, uint8_t *seen, const float *noise, float threshold,
+                int handoff, int64_t K, int64_t *tokens, float *q, float *hidden, int64_t *n_out) {
+    int64_t d = m->H * m->D, V = m->V, rows = T0 > B ? T0 : B;
+    float *x = malloc(sizeof(float) * rows * d), *hat = malloc(sizeof(float) * B * 2 * d);
+    float *cat = malloc(sizeof(float) * B * 2 * d), *logits = malloc(sizeof(float) * B * V);
+    int64_t *slot = malloc(sizeof(int64_t) * rows), *row_of = malloc(sizeof(int64_t) * B);
+    int32_t *seq = malloc(sizeof(int32_t) * rows), *keys = malloc(sizeof(int32_t) * rows);
+    int64_t *live = malloc(sizeof(int64_t) * B), *tail = malloc(sizeof(int64_t) * B);
+    Ranked *scratch = malloc(sizeof(Ranked) * V);
+    memcpy(x, x0, sizeof(float) * T0 * d);
+    memcpy(slot, slot0, sizeof(int64_t) * T0);
+    memcpy(seq, seq0, sizeof(int32_t) * T0);
+    memcpy(keys, keys0, sizeof(int32_t) * T0);
+    int64_t T = T0, n_live = 0, n_tail = 0;
+    for (int64_t b = 0; b < B; b++) {
+        n_out[b] = 0;
+        row_of[b] = last0[b];
+        if (kmax[b] > 0) live[n_live++] = b;
+        else if (handoff) tail[n_tail++] = b; /* no drafts: the pending token's pass only */
+    }
+    for (int64_t j = 0; T > 0; j++) {
+        decode_layers(m->layers, m->n_layer, x, T, m->H, m->D, m->eps, slot, seq, keys, block_table, W, page_size,
+                      num_slots);
+        for (int64_t i = 0; i < n_tail; i++) /* a last draft's pass for the verifier: nothing to sample */
+            memcpy(hidden + (tail[i] * (K + 1) + j) * d, x + row_of[tail[i]] * d, sizeof(float) * d);
+        for (int64_t i = 0; i < n_live; i++) {
+            int64_t b = live[i];
+            memcpy(hat + i * d, x + row_of[b] * d, sizeof(float) * d);
+            if (handoff) memcpy(hidden + (b * (K + 1) + j) * d, hat + i * d, sizeof(float) * d);
+        }
+        if (n_live) {
+#pragma omp parallel
+            lin_rows(m->head, hat, n_live, logits, 0);
+        }
+        int64_t n_next = 0;
+        n_tail = 0;
+        for (int64_t i = 0; i < n_live; i++) {
+            int64_t b = live[i];
+            float *qb = q + (b * K + j) * V;
+            const float *e = noise + (b * K + j) * V;
+            warp_row(logits + i * V, seen + b * V, V, j < ban[b], sp + b, qb, scratch);
+            int64_t best = 0;
+            float top = -1.0f;
+            for (int64_t v = 0; v < V; v++)
+                if (qb[v] / e[v] > top) top = qb[v] / e[v], best = v;
+            tokens[b * K + j] = best;
+            n_out[b] = j + 1;
+            seen[b * V + best] = 1;
+            int go_on = j + 1 < kmax[b] && best != V - 1 && !(qb[best] < threshold);
+            if (!go_on && !handoff) continue;
+            if (go_on) live[n_next++] = b; /* in place: n_next <= i */
+            else tail[n_tail++] = b;       /* handoff: the last draft still needs its pass */
+            float *c = cat + b * 2 * d;    /* [ĥ ; e] of the token to feed */
+            memcpy(c, hat + i * d, sizeof(float) * d);
+            const float *w = m->emb + best * d, *pv = m->pe + (apos[b] + 1 + j) * d;
+            for (int64_t u = 0; u < d; u++) c[d + u] = w[u] + m->alpha * pv[u];
+        }
+        n_live = n_next;
+        /* next pass: the live sequences' rows, then the tails' */
+        T = n_live + n_tail;
+        for (int64_t r = 0; r < T; r++) {
+            int64_t b = r < n_live ? live[r] : tail[r - n_live], p = pos[b] + 1 + j;
+            row_of[b] = r;
+            seq[r] = (int32_t)b;
+            keys[r] = (int32_t)(p + 1);
+            slot[r] = (int64_t)block_table[b * W + p / page_size] * page_size + p % page_size;
+            memcpy(m->fc ? hat + r * 2 * d : x + r * d, m->fc ? cat + b * 2 * d : cat + b * 2 * d + d,
+                   sizeof(float) * (m->fc ? 2 * d : d));
+        }
+        if (m->fc && T) {
+#pragma omp parallel
+            lin_rows(m->fc, hat, T, x, 0);
+        }
+    }
+    free(x), free(hat), free(cat), free(logits), free(slot), free(row_of), free(seq), free(keys), free(live),
+        free(tail), free(scratch);
+}

@@ -39,6 +39,15 @@ class _Layer(ctypes.Structure):  # `Layer` in the C source
                 ("ln2_w", _p), ("ln2_b", _p), ("k_cache", _p), ("v_cache", _p)]
 
 
+class _Draft(ctypes.Structure):  # `Draft` in the C source
+    _fields_ = [("layers", _p), ("n_layer", _i), ("H", _i), ("D", _i), ("eps", _f), ("fc", _p), ("head", _p),
+                ("emb", _p), ("pe", _p), ("alpha", _f), ("V", _i)]
+
+
+class _Sampling(ctypes.Structure):  # `Sampling` in the C source
+    _fields_ = [("top_k", _i), ("top_p", _f), ("temperature", _f), ("repetition_penalty", _f)]
+
+
 def _cpu_supported() -> bool:
     if sys.platform != "linux" or platform.machine() != "x86_64":
         return False
@@ -74,6 +83,9 @@ def _lib():
     lib.linear.argtypes, lib.linear.restype = [_p, _p, _p, _i, _i, _i, _p, _i, _p], None
     lib.decode_layers.argtypes = [_p, _i, _p, _i, _i, _i, _f, _p, _p, _p, _p, _i, _i, _i]
     lib.decode_layers.restype = None
+    lib.draft_loop.argtypes = [_p, _i, _p, _i, _p, _p, _p, _p, _p, _p, _p, _i, _i, _i, _p, _p, _p, _p, _p, _f,
+                               ctypes.c_int, _i, _p, _p, _p, _p]
+    lib.draft_loop.restype = None
     lib.set_avx512.argtypes, lib.set_avx512.restype = [ctypes.c_int], ctypes.c_int
     return lib
 
@@ -155,3 +167,45 @@ class DecodeLayers:
                              slot_mapping.data_ptr(), row_seq.data_ptr(), row_keys.data_ptr(), block_table.data_ptr(),
                              block_table.shape[1], self.page_size, self.num_slots)
         return x
+
+
+def _ptr(t: torch.Tensor | None):
+    return None if t is None else t.data_ptr()
+
+
+class DraftLoop:
+    """A draft model's whole drafting round in one C call (`draft_loop`): blocks → head → the upstream warper chain →
+    a sample → the sample's embedding (→ fc for EAGLE) → blocks …, up to k tokens per sequence."""
+
+    def __init__(self, layers: DecodeLayers, head: _Packed, fc: _Packed | None):
+        self.keep = (layers, head, fc)
+        self.layers, self.V = layers, head.N
+        self.model = _Draft(ctypes.cast(layers.layers, _p), len(layers.layers), layers.H, layers.D, layers.eps,
+                            None if fc is None else ctypes.addressof(fc.lin), ctypes.addressof(head.lin))
+
+    def __call__(self, x0: torch.Tensor, slot_mapping: torch.Tensor, row_seq: torch.Tensor, row_keys: torch.Tensor,
+                 last: torch.Tensor, pos: torch.Tensor, audio_pos: torch.Tensor, block_table: torch.Tensor,
+                 emb: torch.Tensor, pe: torch.Tensor, alpha: float, kmax: torch.Tensor, ban: torch.Tensor,
+                 sampling: list[tuple[int, float, float, float]], seen: torch.Tensor, noise: torch.Tensor,
+                 threshold: float, handoff: bool):
+        """x0 [T0, d] the first pass's rows with their slot_mapping [T0] int64, row_seq / row_keys [T0] int32; per
+        sequence (B of them) last / pos / audio_pos / kmax / ban [B] int64, block_table [B, W] int32 (covering every
+        drafted position), sampling (top_k or 0, top_p, temperature, repetition_penalty), seen [B, V] bool (updated
+        in place), noise [B, K, V] > 0; emb [V, d], pe [n, d] and alpha embed a drafted token.
+        → tokens [B, K] int64, q [B, K, V], hidden [B, K+1, d] (with handoff, else None), n [B] int64 drafts made."""
+        B, K, V = noise.shape
+        d = x0.shape[1]
+        m = self.model
+        m.emb, m.pe, m.alpha, m.V = emb.data_ptr(), pe.data_ptr(), alpha, V
+        sp = (_Sampling * B)(*[_Sampling(*s) for s in sampling])
+        tokens = torch.zeros(B, K, dtype=torch.long)
+        q = torch.zeros(B, K, V)
+        hidden = torch.empty(B, K + 1, d) if handoff else None
+        n = torch.empty(B, dtype=torch.long)
+        _lib().draft_loop(ctypes.addressof(m), B, x0.data_ptr(), x0.shape[0], slot_mapping.data_ptr(),
+                          row_seq.data_ptr(), row_keys.data_ptr(), last.data_ptr(), pos.data_ptr(),
+                          audio_pos.data_ptr(),
+                          block_table.data_ptr(), block_table.shape[1], self.layers.page_size, self.layers.num_slots,
+                          kmax.data_ptr(), ban.data_ptr(), ctypes.addressof(sp), seen.data_ptr(), noise.data_ptr(),
+                          threshold, int(handoff), K, tokens.data_ptr(), q.data_ptr(), _ptr(hidden), n.data_ptr())
+        return tokens, q, hidden, n

@@ -140,7 +140,15 @@ class Blocks(nn.ModuleList):
         parameter is modified in place (its version counter moves); checking costs ~40 µs per v2 pass, a full
         (version, storage) key ~100 µs."""
         if (x.shape[0] > cpu.MAX_ROWS or not x.is_cpu or x.dtype != torch.float32 or meta.backend != "torch"
-                or torch.is_grad_enabled() or not cpu.available() or meta.row_plan is None or start >= end):
+                or meta.row_plan is None):
+            return None
+        return self.cpu_plan(kv_cache, start, end)
+
+    def cpu_plan(self, kv_cache, start: int = 0, end: int | None = None) -> "cpu.DecodeLayers | None":
+        """The whole-block C kernel for blocks [start, end) over these pages, or None where it cannot run (see
+        `_cpu_decode`)."""
+        end = len(self) if end is None else end
+        if torch.is_grad_enabled() or not cpu.available() or start >= end:
             return None
         kv = kv_cache[start:end]
         plan = _CPU_PLANS.get(self)

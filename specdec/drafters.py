@@ -23,8 +23,9 @@ import torch
 
 from specdec.cache import PagePool
 from specdec.errors import SpecdecError
-from specdec.kernels import AttentionMetadata
-from specdec.models.gpt import GPT
+from specdec.kernels import AttentionMetadata, cpu, default_backend
+from specdec.models.gpt import GPT, Blocks
+from specdec.models.linear import Linear
 from specdec.sampling import MIN_STEPS_BEFORE_EOS, exponential_noise, race, warp
 
 if TYPE_CHECKING:
@@ -75,20 +76,46 @@ def _sample_drafts(seqs: list["Sequence"], logits: torch.Tensor, drafts: list[li
 
 
 class _ModelDrafter(Drafter):
-    """Shared drafting loop of model-based drafters: feed tokens, sample from the exit logits, repeat."""
+    """Shared drafting loop of model-based drafters: feed tokens, sample from the exit logits, repeat. On CPU, where
+    the draft's weights are packed for the C kernels, the whole loop is one call (kernels/cpu.c `draft_loop`: no
+    Python per draft step, which cost ~0.6 ms on the demo pair against ~0.07 ms of arithmetic); the torch loop is its
+    reference and the path everywhere else. The two sample differently from the same seed (each is exact)."""
 
-    model: GPT
+    blocks: Blocks  # the draft's blocks, run over `self.kv` up to layer `end`
+    end: int | None = None
+    head: Linear  # exit logits
+    fc: Linear | None = None  # EAGLE's input projection
+    embedder: GPT  # whose audio embedding feeds drafted tokens
+    handoff = False  # keep each fed row's block output for the verifier (layerskip)
+    kv: list
+    _fused: tuple | None = None  # (kernel plan, head pack, fc pack, cpu.DraftLoop)
 
-    def _step(self, engine: "Engine", seqs: list["Sequence"], feeds: list[list[int]]) -> torch.Tensor:
-        """Feed tokens (ending at each sequence's newest position) through the draft; returns [B, d] last rows."""
+    def _inputs(self, engine: "Engine", seqs: list["Sequence"], feeds: list[list[int]]
+                ) -> tuple[torch.Tensor, AttentionMetadata, list[int]]:
+        """The draft blocks' input rows [T, d] for feeding `feeds` (each ending at its sequence's newest position),
+        their metadata and rows per sequence; advances each sequence's draft state past them."""
         raise NotImplementedError
 
-    def logits(self, h: torch.Tensor) -> torch.Tensor:
-        return self.model.logits(h)
+    def _fed(self, seqs: list["Sequence"], last: torch.Tensor) -> None:
+        """After a torch-loop step: each sequence's newest block output, last [B, d]."""
+
+    def _advance(self, s: "Sequence", end: int) -> None:
+        s.draft_len = end  # the draft now holds K/V up to `end` (exclusive)
+
+    def _step(self, engine: "Engine", seqs: list["Sequence"], feeds: list[list[int]]) -> torch.Tensor:
+        """Feed tokens through the draft; returns [B, d] last rows."""
+        x, meta, lens = self._inputs(engine, seqs, feeds)
+        h = self.blocks.forward(x, meta, self.kv, 0, self.end)
+        last = h[torch.tensor(lens).cumsum(0) - 1]
+        self._fed(seqs, last)
+        return last
 
     def _draft(self, engine: "Engine", seqs: list["Sequence"], ks: list[int]):
         """Up to ks[i] drafts per sequence → (drafts, q) keyed by id(sequence): the tokens and the [n, V]
         distributions they were sampled from (None when the sequence drafted nothing)."""
+        loop = self._loop(engine)
+        if loop is not None:
+            return self._draft_fused(engine, seqs, ks, loop)
         eos = engine.target.cfg.eos
         drafts = {id(s): [] for s in seqs}
         qs = {id(s): [] for s in seqs}
@@ -97,7 +124,7 @@ class _ModelDrafter(Drafter):
         feeds = [self._catch_up(s) for s in active]
         while active:
             h = self._step(engine, active, feeds)
-            tokens, q = _sample_drafts(active, self.logits(h), [drafts[id(s)] for s in active])
+            tokens, q = _sample_drafts(active, self.head.forward(h), [drafts[id(s)] for s in active])
             nxt, feeds = [], []
             for i, (s, d) in enumerate(zip(active, tokens)):
                 drafts[id(s)].append(d)
@@ -109,6 +136,59 @@ class _ModelDrafter(Drafter):
             active = nxt
         return drafts, {i: torch.stack(q) if q else None for i, q in qs.items()}
 
+    def _loop(self, engine: "Engine") -> "cpu.DraftLoop | None":
+        """The C drafting loop for this draft, or None where it cannot run (no kernels, another backend, weights
+        not packed for them)."""
+        if ((engine.backend or default_backend(engine.target.device)) != "torch" or not self.kv
+                or self.embedder.audio_embedding.weight.dtype != torch.float32):
+            return None
+        plan = self.blocks.cpu_plan(self.kv, 0, self.end)
+        head = self.head.cpu_pack()
+        fc = None if self.fc is None else self.fc.cpu_pack()
+        if plan is None or head is None or (self.fc is not None and fc is None):
+            return None
+        cached = self._fused
+        if cached is None or cached[0] is not plan or cached[1] is not head or cached[2] is not fc:
+            cached = self._fused = (plan, head, fc, cpu.DraftLoop(plan, head, fc))
+        return cached[3]
+
+    def _draft_fused(self, engine: "Engine", seqs: list["Sequence"], ks: list[int], loop: "cpu.DraftLoop"):
+        drafts: dict = {id(s): [] for s in seqs}
+        qs: dict = {id(s): None for s in seqs}
+        run = [(s, k) for s, k in zip(seqs, ks) if k > 0 or self.handoff]
+        if not run:
+            return drafts, qs
+        rs = [s for s, _ in run]
+        x0, meta, lens = self._inputs(engine, rs, [self._catch_up(s) for s in rs])
+        V, K = engine.target.cfg.vocab_size, max(1, max(k for _, k in run))
+        pos = [s.pending_pos for s in rs]
+        apos = [s.audio_position(p) for s, p in zip(rs, pos)]
+        emb = self.embedder
+        emb._pe(torch.tensor([max(apos) + K + 1]))  # grow the position table over every drafted position
+        noise = torch.ones(len(rs), K, V)
+        for i, (s, k) in enumerate(run):
+            if k:
+                noise[i, :k].exponential_(generator=s.generator)
+        width = max(len(s.table.blocks) for s in rs)
+        block_table = torch.tensor([s.table.blocks + [0] * (width - len(s.table.blocks)) for s in rs],
+                                   dtype=torch.int32)
+        sampling = [(p.top_k or 0, p.top_p, p.temperature, p.repetition_penalty)
+                    for p in (s.request.params for s in rs)]
+        ban = [max(0, MIN_STEPS_BEFORE_EOS - len(s.generated)) for s in rs]
+        threshold = -1.0 if engine.draft_threshold is None else engine.draft_threshold
+        tokens, q, hidden, n = loop(x0.contiguous(), meta.slot_mapping, *meta.row_plan,
+                                    torch.tensor(lens).cumsum(0) - 1, torch.tensor(pos), torch.tensor(apos),
+                                    block_table, emb.audio_embedding.weight, emb.pe, float(emb.audio_alpha),
+                                    torch.tensor([k for _, k in run]), torch.tensor(ban), sampling,
+                                    torch.stack([s.seen for s in rs]), noise, threshold, self.handoff)
+        for i, (s, t, m) in enumerate(zip(rs, tokens.tolist(), n.tolist())):
+            drafts[id(s)] = t[:m]
+            qs[id(s)] = q[i, :m] if m else None
+            self._advance(s, s.pending_pos + m + self.handoff)
+            if self.handoff:
+                self._hidden[id(s)] = [hidden[i, :m + 1]]
+        return drafts, qs
+
     def _catch_up(self, s: "Sequence") -> list[int]:
         """Tokens the draft has not seen yet, ending with the pending token."""
         first_gen = s.prefix_len + s.prompt_len
@@ -117,11 +197,13 @@ class _ModelDrafter(Drafter):
 
 class GPTDrafter(_ModelDrafter):
     def __init__(self, model: GPT, target: GPT):
-        if model.cfg.vocab_size != target.cfg.vocab_size or model.cfg.phoneme_vocab_size != target.cfg.phoneme_vocab_size:
+        if (model.cfg.vocab_size, model.cfg.phoneme_vocab_size) != (target.cfg.vocab_size,
+                                                                     target.cfg.phoneme_vocab_size):
             raise SpecdecError(f"draft vocabularies ({model.cfg.phoneme_vocab_size} phones, {model.cfg.vocab_size} "
                                f"tokens) differ from the target's ({target.cfg.phoneme_vocab_size}, "
                                f"{target.cfg.vocab_size})")
-        self.model = model.eval()
+        self.model = self.embedder = model.eval()
+        self.blocks, self.head = model.layers, model.head
         self.kv: list = []
 
     def bind(self, pool, target_kv):
@@ -138,16 +220,16 @@ class GPTDrafter(_ModelDrafter):
             parts.append(x)
         self.model(torch.cat(parts), meta, self.kv)
 
-    def _step(self, engine, seqs, feeds):
+    def _inputs(self, engine, seqs, feeds):
         lens = [len(f) for f in feeds]
         ends = [s.draft_len + n for s, n in zip(seqs, lens)]
         tokens = [t for f in feeds for t in f]
         positions = [s.audio_position(p) for s, e, n in zip(seqs, ends, lens) for p in range(e - n, e)]
         x = self.model.embed_audio(torch.tensor(tokens), torch.tensor(positions))
-        h = self.model(x, engine.meta(seqs, lens, ends), self.kv)
+        meta = engine.meta(seqs, lens, ends)
         for s, e in zip(seqs, ends):
-            s.draft_len = e
-        return h[torch.tensor(lens).cumsum(0) - 1]
+            self._advance(s, e)
+        return x, meta, lens
 
     def propose(self, engine, seqs, ks):
         drafts, qs = self._draft(engine, seqs, ks)
@@ -162,25 +244,29 @@ class SharedPagesDrafter(_ModelDrafter):
     `handoff` (the target's own layers) verification starts at layer N from the draft's hidden states."""
 
     def __init__(self, model: GPT, n_layers: int, handoff: bool):
-        self.model, self.n, self.handoff = model, n_layers, handoff
+        self.model = self.embedder = model
+        self.blocks, self.head, self.end = model.layers, model.head, n_layers
+        self.n, self.handoff = n_layers, handoff
         self.kv: list = []
-        self._hidden: dict[int, list[torch.Tensor]] = {}
+        self._hidden: dict[int, list[torch.Tensor]] = {}  # per sequence: block outputs of the fed rows, in order
 
     def bind(self, pool, target_kv):
         self.kv = target_kv  # the very pages of the target's first N layers
 
-    def _step(self, engine, seqs, feeds):
+    def _inputs(self, engine, seqs, feeds):
         # always one token per sequence: the draft's K/V never lags the target's (they are the same pages)
-        tokens = [f[-1] for f in feeds]
         ends = [s.draft_len + 1 for s in seqs]
-        x = self.model.embed_audio(torch.tensor(tokens), torch.tensor([s.audio_position(e - 1)
-                                                                       for s, e in zip(seqs, ends)]))
-        h = self.model(x, engine.meta(seqs, [1] * len(seqs), ends), self.kv, end_layer=self.n)
-        for i, (s, e) in enumerate(zip(seqs, ends)):
-            s.draft_len = e
-            if self.handoff:
-                self._hidden[id(s)].append(h[i:i + 1])
-        return h
+        x = self.model.embed_audio(torch.tensor([f[-1] for f in feeds]),
+                                   torch.tensor([s.audio_position(e - 1) for s, e in zip(seqs, ends)]))
+        meta = engine.meta(seqs, [1] * len(seqs), ends)
+        for s, e in zip(seqs, ends):
+            self._advance(s, e)
+        return x, meta, [1] * len(seqs)
+
+    def _fed(self, seqs, last):
+        if self.handoff:
+            for i, s in enumerate(seqs):
+                self._hidden[id(s)].append(last[i:i + 1])
 
     def _catch_up(self, s):
         return [s.pending]
@@ -194,7 +280,7 @@ class SharedPagesDrafter(_ModelDrafter):
         if not self.handoff:
             return [Proposal(drafts[id(s)], qs[id(s)]) for s in seqs]
         # the last draft (or the pending token, when k = 0) still needs its first-N-layer pass for the verifier
-        tails = [s for s in seqs if len(self._hidden[id(s)]) == len(drafts[id(s)])]
+        tails = [s for s in seqs if sum(len(h) for h in self._hidden[id(s)]) == len(drafts[id(s)])]
         if tails:
             self._step(engine, tails, [[drafts[id(s)][-1] if drafts[id(s)] else s.pending] for s in tails])
         return [Proposal(drafts[id(s)], qs[id(s)],
@@ -208,6 +294,7 @@ class EagleDrafter(_ModelDrafter):
         if model.cfg.d_model != target.cfg.d_model:
             raise SpecdecError(f"EAGLE draft width {model.cfg.d_model} differs from the target's {target.cfg.d_model}")
         self.model, self.target = model.eval(), target
+        self.blocks, self.fc, self.head, self.embedder = model.layers, model.fc, target.head, target
         self.kv: list = []
         self._h: dict[int, dict[int, torch.Tensor]] = {}  # per sequence: position → target hidden state [d]
         self._next: dict[int, int] = {}  # per sequence: the position the next draft step writes
@@ -216,9 +303,6 @@ class EagleDrafter(_ModelDrafter):
     def bind(self, pool, target_kv):
         c = self.model.cfg
         self.kv = pool.new_kv(c.n_layer, c.n_head, c.head_dim, self.target.dtype, self.target.device)
-
-    def logits(self, h):
-        return self.target.logits(h)  # the target's own head
 
     def prefill(self, seqs, xs, meta, target_hidden):
         h_prev, q0 = [], 0
@@ -237,7 +321,7 @@ class EagleDrafter(_ModelDrafter):
                 store[L + i] = hidden[q0 + i]
             q0 += ql
 
-    def _step(self, engine, seqs, feeds):
+    def _inputs(self, engine, seqs, feeds):
         h_prev, tokens, positions, lens, ends = [], [], [], [], []
         for s, f in zip(seqs, feeds):
             p0, store = self._next[id(s)], self._h[id(s)]
@@ -249,12 +333,18 @@ class EagleDrafter(_ModelDrafter):
             lens.append(len(f))
             ends.append(p0 + len(f))
         x_emb = self.target.embed_audio(torch.tensor(tokens), torch.tensor(positions))
-        h = self.model(torch.stack(h_prev), x_emb, engine.meta(seqs, lens, ends), self.kv)
-        last = h[torch.tensor(lens).cumsum(0) - 1]
-        for i, (s, e) in enumerate(zip(seqs, ends)):
-            self._next[id(s)], self._hat[id(s)] = e, last[i:i + 1]
-            s.draft_len = min(e, s.pending_pos + 1)  # only positions fed true hidden states count as seen
-        return last
+        meta = engine.meta(seqs, lens, ends)
+        for s, e in zip(seqs, ends):
+            self._advance(s, e)
+        return self.model.fc(torch.cat([torch.stack(h_prev), x_emb], dim=-1)), meta, lens
+
+    def _advance(self, s, end):
+        self._next[id(s)] = end
+        s.draft_len = min(end, s.pending_pos + 1)  # only positions fed true hidden states count as seen
+
+    def _fed(self, seqs, last):
+        for i, s in enumerate(seqs):
+            self._hat[id(s)] = last[i:i + 1]
 
     def propose(self, engine, seqs, ks):
         for s in seqs:
