@@ -61,6 +61,7 @@ def _resolve_draft(spec, bundle_draft):
 
 
 def cmd_synth(args) -> None:
+    from specdec.demo import MAX_K
     from specdec.pipeline import TTS, synthesize, write_wav
     from specdec.sampling import SAMPLING_OPTIONS, SamplingParams
     preset = MODES[args.mode]
@@ -68,8 +69,8 @@ def cmd_synth(args) -> None:
     SamplingParams(**given)  # impossible values fail before any model loads
     if not args.text.strip():
         raise SpecdecError("the text is empty")
-    if args.k is not None and not 1 <= args.k <= 16:
-        raise SpecdecError(f"--k must lie in 1..16 (got {args.k})")
+    if args.k is not None and not 1 <= args.k <= MAX_K:
+        raise SpecdecError(f"--k must lie in 1..{MAX_K} (got {args.k})")
     out_dir = os.path.dirname(os.path.abspath(args.out))
     if not os.path.isdir(out_dir):
         raise SpecdecError(f"{args.out}: the folder {out_dir} does not exist")

@@ -15,11 +15,12 @@ import os
 from dataclasses import dataclass, field
 
 from specdec.errors import SpecdecError
-from specdec.sampling import SAMPLING_OPTIONS
+from specdec.sampling import SAMPLING_OPTIONS, SamplingParams
 from specdec.voices import Voice
 
 DEFAULT_VOICE = "awb"  # the lowest held-out WER at upstream default sampling (MODEL_CARD.md)
 GENERATION_KEYS = (*SAMPLING_OPTIONS, "k")  # sampling (upstream names), drafts per round
+MAX_K = 16  # drafts per round the CLI accepts
 
 
 def demo_dir() -> str:
@@ -69,6 +70,13 @@ def read_generation(path: str) -> dict:
         raise SpecdecError(f"{path}: unreadable ({e})") from None
     if not isinstance(settings, dict) or set(settings) - set(GENERATION_KEYS):
         raise SpecdecError(f"{path}: expected an object with keys among {', '.join(GENERATION_KEYS)}")
+    k = settings.get("k", 1)
+    if not (isinstance(k, int) and 1 <= k <= MAX_K):
+        raise SpecdecError(f"{path}: k must lie in 1..{MAX_K} (got {k!r})")
+    try:
+        SamplingParams(**{o: settings[o] for o in SAMPLING_OPTIONS if o in settings})
+    except (SpecdecError, TypeError) as e:
+        raise SpecdecError(f"{path}: {e}") from None
     return settings
 
 

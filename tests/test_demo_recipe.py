@@ -207,6 +207,12 @@ def test_generation_file_is_optional_and_checked(tmp_path):
     path.write_text('{"top_k": 1, "beams": 4}')
     with pytest.raises(SpecdecError, match="keys among top_k"):
         demo.read_generation(str(path))
+    path.write_text('{"k": 0}')
+    with pytest.raises(SpecdecError, match="k must lie in 1..16"):
+        demo.read_generation(str(path))
+    path.write_text('{"top_p": 1.5}')
+    with pytest.raises(SpecdecError, match="generation.json: top_p must be in"):
+        demo.read_generation(str(path))
     path.write_text("{")
     with pytest.raises(SpecdecError, match="generation.json: unreadable"):
         demo.read_generation(str(path))
