@@ -402,22 +402,27 @@ static float kth_largest(float *x, int64_t n, int64_t k) {
 
 /* The upstream warper chain on one row of logits (specdec.sampling.warp, same order) → probabilities p [V].
    scratch: V Ranked. A draft's own distribution: exactness only needs p to be what the draft then samples from. */
-static void warp_row(const float *logits, const uint8_t *seen, int64_t V, int ban_eos, const Sampling *sp, float *p,
-                     Ranked *scratch) {
+static int warp_row(const float *logits, const uint8_t *seen, int64_t V, int ban_eos, const Sampling *sp, float *p,
+                    Ranked *scratch) {
     float rp = sp->repetition_penalty;
     for (int64_t v = 0; v < V; v++) {
         float s = logits[v];
         p[v] = rp != 1.0f && seen[v] ? (s < 0.0f ? s * rp : s / rp) : s;
     }
     if (ban_eos) p[V - 1] = -INFINITY;
+    int64_t top = 0; /* the stop rule's argmax of the penalised logits (the first of equals, as torch.argmax) */
+    for (int64_t v = 1; v < V; v++)
+        if (p[v] > p[top]) top = v;
     if (sp->top_p < 1.0f) {
         for (int64_t v = 0; v < V; v++) scratch[v] = (Ranked){p[v], (int32_t)v};
         qsort(scratch, V, sizeof(Ranked), by_value_desc);
-        double total = 0.0, cum = 0.0;
-        for (int64_t r = 0; r < V; r++) total += exp((double)scratch[r].v - scratch[0].v);
+        /* softmax in fp32, its running sum in fp64 rounded to fp32 (as torch's CPU cumsum accumulates) */
+        float total = 0.0f;
+        for (int64_t r = 0; r < V; r++) total += expf(scratch[r].v - scratch[0].v);
+        double cum = 0.0;
         for (int64_t r = 0; r < V; r++) {
-            cum += exp((double)scratch[r].v - scratch[0].v) / total;
-            if (r > 0 && cum > sp->top_p) p[scratch[r].i] = -INFINITY;
+            cum += expf(scratch[r].v - scratch[0].v) / total;
+            if (r > 0 && (float)cum > sp->top_p) p[scratch[r].i] = -INFINITY;
         }
     }
     if (sp->temperature != 1.0f) {
@@ -435,6 +440,65 @@ static void warp_row(const float *logits, const uint8_t *seen, int64_t V, int ba
     for (int64_t v = 0; v < V; v++) m = p[v] > m ? p[v] : m;
     for (int64_t v = 0; v < V; v++) sum += (p[v] = expf(p[v] - m));
     for (int64_t v = 0; v < V; v++) p[v] /= sum;
+    return top == V - 1;
+}
+
+/* argmax(w[0:n] / e[0:n]): a categorical draw proportional to w (the exponential race; first of equals) */
+static int64_t race(const float *w, const float *e, int64_t n) {
+    int64_t best = 0;
+    float top = w[0] / e[0];
+    for (int64_t v = 1; v < n; v++)
+        if (w[v] / e[v] > top) top = w[v] / e[v], best = v;
+    return best;
+}
+
+/* The speculative accept step of one round for B sequences (specdec.sampling.accept, with the target's rows warped
+   here as specdec.sampling.warp does): sequence b owns rows start[b] .. start[b+1]-1 of logits [N, V] (the pending
+   token's row, then one per draft); drafts[r] is the draft at row r (the sequence's last row has none), q [N, V]
+   the distribution it came from, u[r] its uniform; noise [B, V] the race's exponentials (a banned position reads
+   the first V-1). seen [B, V] is the history before the round, n_gen[b] the tokens emitted before it (EOS is
+   banned at position i while n_gen + i < min_steps). Out [B, 3]: drafts accepted, the token drawn at the first
+   unaccepted position, the position generation stopped at or -1 (the triton accept's encoding). Returns 1 if a
+   draft row holds a non-finite probability (a broken draft), else 0. */
+int accept_round(const float *logits, int64_t V, int64_t B, const int64_t *start, const int64_t *drafts,
+                 const float *q, const float *u, const float *noise, const uint8_t *seen, const int64_t *n_gen,
+                 int64_t min_steps, const Sampling *sp, int64_t *out) {
+    float *p = malloc(sizeof(float) * V);
+    uint8_t *hist = malloc(V);
+    Ranked *scratch = malloc(sizeof(Ranked) * V);
+    int broken = 0;
+    for (int64_t b = 0; b < B; b++) {
+        int64_t r0 = start[b], k = start[b + 1] - r0 - 1, n = 0, token = -1, stop = -1;
+        memcpy(hist, seen + b * V, V);
+        for (int64_t i = 0; i <= k; i++) {
+            const float *qi = q + (r0 + i) * V;
+            if (i < k)
+                for (int64_t v = 0; v < V; v++) broken |= !isfinite(qi[v]);
+            int ban = n_gen[b] + i < min_steps;
+            int eos_top = warp_row(logits + (r0 + i) * V, hist, V, ban, sp + b, p, scratch);
+            int64_t d = i < k ? drafts[r0 + i] : -1, t;
+            int ok = i < k && u[r0 + i] * qi[d] < p[d];
+            if (ok) t = d;
+            else {
+                if (i < k)
+                    for (int64_t v = 0; v < V; v++) p[v] = p[v] - qi[v] > 0.0f ? p[v] - qi[v] : 0.0f;
+                t = race(p, noise + b * V, ban ? V - 1 : V);
+            }
+            if (eos_top || t == V - 1) {
+                stop = i;
+                break;
+            }
+            if (!ok) {
+                token = t;
+                break;
+            }
+            n++;
+            hist[d] = 1;
+        }
+        out[b * 3] = n, out[b * 3 + 1] = token, out[b * 3 + 2] = stop;
+    }
+    free(p), free(hist), free(scratch);
+    return broken;
 }
 
 /* Draft up to kmax[b] tokens for each of B sequences in one call: feed rows through the draft's blocks, warp the
@@ -492,10 +556,7 @@ void draft_loop(const Draft *m, int64_t B, const float *x0, int64_t T0, const in
             float *qb = q + (b * K + j) * V;
             const float *e = noise + (b * K + j) * V;
             warp_row(logits + i * V, seen + b * V, V, j < ban[b], sp + b, qb, scratch);
-            int64_t best = 0;
-            float top = -1.0f;
-            for (int64_t v = 0; v < V; v++)
-                if (qb[v] / e[v] > top) top = qb[v] / e[v], best = v;
+            int64_t best = race(qb, e, V);
             tokens[b * K + j] = best;
             n_out[b] = j + 1;
             seen[b * V + best] = 1;

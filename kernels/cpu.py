@@ -86,6 +86,8 @@ def _lib():
     lib.draft_loop.argtypes = [_p, _i, _p, _i, _p, _p, _p, _p, _p, _p, _p, _i, _i, _i, _p, _p, _p, _p, _p, _f,
                                ctypes.c_int, _i, _p, _p, _p, _p]
     lib.draft_loop.restype = None
+    lib.accept_round.argtypes = [_p, _i, _i, _p, _p, _p, _p, _p, _p, _p, _i, _p, _p]
+    lib.accept_round.restype = ctypes.c_int
     lib.set_avx512.argtypes, lib.set_avx512.restype = [ctypes.c_int], ctypes.c_int
     return lib
 
@@ -173,6 +175,27 @@ def _ptr(t: torch.Tensor | None):
     return None if t is None else t.data_ptr()
 
 
+def sampling_structs(params: list) -> ctypes.Array:
+    """specdec.sampling.SamplingParams per sequence → the C `Sampling` array."""
+    return (_Sampling * len(params))(*[_Sampling(p.top_k or 0, p.top_p, p.temperature, p.repetition_penalty)
+                                       for p in params])
+
+
+def accept_round(logits: torch.Tensor, start: torch.Tensor, drafts: torch.Tensor, q: torch.Tensor, u: torch.Tensor,
+                 noise: torch.Tensor, seen: torch.Tensor, n_gen: torch.Tensor, min_steps: int, params: list
+                 ) -> tuple[torch.Tensor, bool]:
+    """One round's accept step in C (see `accept_round` in the C source): logits [N, V] fp32, start [B+1], drafts
+    [N], n_gen [B] int64, q [N, V], u [N], noise [B, V] fp32, seen [B, V] bool, params: SamplingParams per sequence
+    → ([B, 3] int64: accepted, token, stop position or -1; whether a draft row was non-finite)."""
+    B, V = noise.shape
+    out = torch.empty(B, 3, dtype=torch.long)
+    sp = sampling_structs(params)  # held: the C call reads it
+    broken = _lib().accept_round(logits.data_ptr(), V, B, start.data_ptr(), drafts.data_ptr(), q.data_ptr(),
+                                 u.data_ptr(), noise.data_ptr(), seen.data_ptr(), n_gen.data_ptr(), min_steps,
+                                 ctypes.addressof(sp), out.data_ptr())
+    return out, bool(broken)
+
+
 class DraftLoop:
     """A draft model's whole drafting round in one C call (`draft_loop`): blocks → head → the upstream warper chain →
     a sample → the sample's embedding (→ fc for EAGLE) → blocks …, up to k tokens per sequence."""
@@ -186,18 +209,17 @@ class DraftLoop:
     def __call__(self, x0: torch.Tensor, slot_mapping: torch.Tensor, row_seq: torch.Tensor, row_keys: torch.Tensor,
                  last: torch.Tensor, pos: torch.Tensor, audio_pos: torch.Tensor, block_table: torch.Tensor,
                  emb: torch.Tensor, pe: torch.Tensor, alpha: float, kmax: torch.Tensor, ban: torch.Tensor,
-                 sampling: list[tuple[int, float, float, float]], seen: torch.Tensor, noise: torch.Tensor,
-                 threshold: float, handoff: bool):
+                 params: list, seen: torch.Tensor, noise: torch.Tensor, threshold: float, handoff: bool):
         """x0 [T0, d] the first pass's rows with their slot_mapping [T0] int64, row_seq / row_keys [T0] int32; per
         sequence (B of them) last / pos / audio_pos / kmax / ban [B] int64, block_table [B, W] int32 (covering every
-        drafted position), sampling (top_k or 0, top_p, temperature, repetition_penalty), seen [B, V] bool (updated
-        in place), noise [B, K, V] > 0; emb [V, d], pe [n, d] and alpha embed a drafted token.
+        drafted position), params (SamplingParams per sequence), seen [B, V] bool (updated in place), noise
+        [B, K, V] > 0; emb [V, d], pe [n, d] and alpha embed a drafted token.
         → tokens [B, K] int64, q [B, K, V], hidden [B, K+1, d] (with handoff, else None), n [B] int64 drafts made."""
         B, K, V = noise.shape
         d = x0.shape[1]
         m = self.model
         m.emb, m.pe, m.alpha, m.V = emb.data_ptr(), pe.data_ptr(), alpha, V
-        sp = (_Sampling * B)(*[_Sampling(*s) for s in sampling])
+        sp = sampling_structs(params)
         tokens = torch.zeros(B, K, dtype=torch.long)
         q = torch.zeros(B, K, V)
         hidden = torch.empty(B, K + 1, d) if handoff else None

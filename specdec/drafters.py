@@ -172,14 +172,13 @@ class _ModelDrafter(Drafter):
         width = max(len(s.table.blocks) for s in rs)
         block_table = torch.tensor([s.table.blocks + [0] * (width - len(s.table.blocks)) for s in rs],
                                    dtype=torch.int32)
-        sampling = [(p.top_k or 0, p.top_p, p.temperature, p.repetition_penalty)
-                    for p in (s.request.params for s in rs)]
         ban = [max(0, MIN_STEPS_BEFORE_EOS - len(s.generated)) for s in rs]
         threshold = -1.0 if engine.draft_threshold is None else engine.draft_threshold
         tokens, q, hidden, n = loop(x0.contiguous(), meta.slot_mapping, *meta.row_plan,
                                     torch.tensor(lens).cumsum(0) - 1, torch.tensor(pos), torch.tensor(apos),
                                     block_table, emb.audio_embedding.weight, emb.pe, float(emb.audio_alpha),
-                                    torch.tensor([k for _, k in run]), torch.tensor(ban), sampling,
+                                    torch.tensor([k for _, k in run]), torch.tensor(ban),
+                                    [s.request.params for s in rs],
                                     torch.stack([s.seen for s in rs]), noise, threshold, self.handoff)
         for i, (s, t, m) in enumerate(zip(rs, tokens.tolist(), n.tolist())):
             drafts[id(s)] = t[:m]

@@ -24,7 +24,7 @@ from specdec.adaptive import PROBE_EVERY, Acceptance, Costs, choose_k
 from specdec.cache import BlockTable, PagePool
 from specdec.drafters import Drafter, Proposal, make_drafter
 from specdec.errors import SpecdecError
-from specdec.kernels import AttentionMetadata, default_backend
+from specdec.kernels import AttentionMetadata, cpu, default_backend
 from specdec.models.gpt import GPT
 from specdec.sampling import MIN_STEPS_BEFORE_EOS, SamplingParams, Verdict, accept, round_noise, seen_block, warp
 from specdec.stats import SpecStats
@@ -275,12 +275,13 @@ class Engine:
     def _accept(self, seqs: list[Sequence], logits: torch.Tensor, proposals: list[Proposal]) -> list[int]:
         """Warp the target logits of every position (one batched call), then accept/resample and emit per
         sequence; returns the number of accepted drafts per sequence."""
-        ban = [[len(s.generated) + i < MIN_STEPS_BEFORE_EOS for i in range(len(p.drafts) + 1)]
-               for s, p in zip(seqs, proposals)]
-        if (self.backend or default_backend(logits.device)) == "triton":
-            verdicts = self._verdicts_triton(seqs, logits, proposals, ban)
+        triton = (self.backend or default_backend(logits.device)) == "triton"
+        if not triton and logits.is_cpu and cpu.available():
+            verdicts = self._verdicts_cpu(seqs, logits.float(), proposals)
         else:
-            verdicts = self._verdicts_torch(seqs, logits, proposals, ban)
+            ban = [[len(s.generated) + i < MIN_STEPS_BEFORE_EOS for i in range(len(p.drafts) + 1)]
+                   for s, p in zip(seqs, proposals)]
+            verdicts = (self._verdicts_triton if triton else self._verdicts_torch)(seqs, logits, proposals, ban)
         accepted = []
         for s, p, verdict in zip(seqs, proposals, verdicts):
             s.emit(verdict.tokens)
@@ -301,6 +302,30 @@ class Engine:
                                    s.generator))
             q0 += ql
         return verdicts
+
+    def _verdicts_cpu(self, seqs, logits, proposals) -> list[Verdict]:
+        """The same step in one C call (kernels/cpu.c `accept_round`), fed the same random numbers as the torch
+        path. Demo voice, 2-core Xeon: the accept step of a plain step 0.32-0.38 → 0.16 ms, of a k=4 round 0.54 →
+        0.20 ms (most of what is left is building its inputs)."""
+        V = logits.shape[-1]
+        drafts = [p.drafts for p in proposals]
+        start = [0] + list(accumulate(len(d) + 1 for d in drafts))
+        q = torch.zeros(start[-1], V)
+        u = torch.zeros(start[-1])
+        noise = torch.ones(len(seqs), V)
+        for i, (s, p, d) in enumerate(zip(seqs, proposals, drafts)):
+            u_s, e = round_noise(len(d), len(s.generated) < MIN_STEPS_BEFORE_EOS, V, s.generator)
+            noise[i, :e.shape[0]] = e
+            if d:
+                q[start[i]:start[i] + len(d)] = p.q
+                u[start[i]:start[i] + len(d)] = u_s
+        out, broken = cpu.accept_round(logits.contiguous(), torch.tensor(start), torch.tensor(
+            [t for d in drafts for t in d + [-1]]), q, u, noise, torch.stack([s.seen for s in seqs]),
+            torch.tensor([len(s.generated) for s in seqs]), MIN_STEPS_BEFORE_EOS, [s.request.params for s in seqs])
+        if broken:
+            raise RuntimeError("the draft returned non-finite probabilities (a broken draft model?)")
+        return [Verdict(d[:stop], stop, True) if stop >= 0 else Verdict(d[:n] + [token], n, False)
+                for d, (n, token, stop) in zip(drafts, out.tolist())]
 
     def _verdicts_triton(self, seqs, logits, proposals, ban) -> list[Verdict]:
         """The same step as fixed-shape kernels over the whole batch, fed the same random numbers (round_noise);

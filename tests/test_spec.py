@@ -193,6 +193,7 @@ def test_the_distribution_test_detects_a_verifier_that_forgets_earlier_drafts(di
     """Power check: position i's repetition penalty must include drafts 1..i-1; a verifier that penalises only
     the committed history is caught."""
     target, phones, prompt, base = dist_setup
+    monkeypatch.setattr(specdec.engine.cpu, "available", lambda: False)  # the torch verifier (C: test_cpu_accept)
     monkeypatch.setattr(specdec.engine, "seen_block", lambda seen, drafts: seen.expand(len(drafts) + 1, -1))
     wrong = _sample_many(Engine(target, target, k=4), phones, prompt, 10**6)
     assert _min_p_value(base, wrong) < ALPHA
