@@ -202,18 +202,18 @@ class DraftLoop:
 
     def __init__(self, layers: DecodeLayers, head: _Packed, fc: _Packed | None):
         self.keep = (layers, head, fc)
-        self.layers, self.V = layers, head.N
+        self.layers = layers
         self.model = _Draft(ctypes.cast(layers.layers, _p), len(layers.layers), layers.H, layers.D, layers.eps,
                             None if fc is None else ctypes.addressof(fc.lin), ctypes.addressof(head.lin))
 
     def __call__(self, x0: torch.Tensor, slot_mapping: torch.Tensor, row_seq: torch.Tensor, row_keys: torch.Tensor,
-                 last: torch.Tensor, pos: torch.Tensor, audio_pos: torch.Tensor, block_table: torch.Tensor,
-                 emb: torch.Tensor, pe: torch.Tensor, alpha: float, kmax: torch.Tensor, ban: torch.Tensor,
+                 per_seq: torch.Tensor, block_table: torch.Tensor, emb: torch.Tensor, pe: torch.Tensor, alpha: float,
                  params: list, seen: torch.Tensor, noise: torch.Tensor, threshold: float, handoff: bool):
-        """x0 [T0, d] the first pass's rows with their slot_mapping [T0] int64, row_seq / row_keys [T0] int32; per
-        sequence (B of them) last / pos / audio_pos / kmax / ban [B] int64, block_table [B, W] int32 (covering every
-        drafted position), params (SamplingParams per sequence), seen [B, V] bool (updated in place), noise
-        [B, K, V] > 0; emb [V, d], pe [n, d] and alpha embed a drafted token.
+        """x0 [T0, d] the first pass's rows with their slot_mapping [T0] int64, row_seq / row_keys [T0] int32;
+        per_seq [5, B] int64 rows, per sequence: its last row in x0, that row's position and audio position, the
+        drafts it may make, the drafts during which EOS is banned; block_table [B, W] int32 (covering every drafted
+        position), params (SamplingParams per sequence), seen [B, V] bool (updated in place), noise [B, K, V] > 0;
+        emb [V, d], pe [n, d] and alpha embed a drafted token.
         → tokens [B, K] int64, q [B, K, V], hidden [B, K+1, d] (with handoff, else None), n [B] int64 drafts made."""
         B, K, V = noise.shape
         d = x0.shape[1]
@@ -225,9 +225,9 @@ class DraftLoop:
         hidden = torch.empty(B, K + 1, d) if handoff else None
         n = torch.empty(B, dtype=torch.long)
         _lib().draft_loop(ctypes.addressof(m), B, x0.data_ptr(), x0.shape[0], slot_mapping.data_ptr(),
-                          row_seq.data_ptr(), row_keys.data_ptr(), last.data_ptr(), pos.data_ptr(),
-                          audio_pos.data_ptr(),
+                          row_seq.data_ptr(), row_keys.data_ptr(), *(per_seq[i].data_ptr() for i in range(3)),
                           block_table.data_ptr(), block_table.shape[1], self.layers.page_size, self.layers.num_slots,
-                          kmax.data_ptr(), ban.data_ptr(), ctypes.addressof(sp), seen.data_ptr(), noise.data_ptr(),
+                          per_seq[3].data_ptr(), per_seq[4].data_ptr(), ctypes.addressof(sp), seen.data_ptr(),
+                          noise.data_ptr(),
                           threshold, int(handoff), K, tokens.data_ptr(), q.data_ptr(), _ptr(hidden), n.data_ptr())
         return tokens, q, hidden, n

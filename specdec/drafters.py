@@ -17,6 +17,7 @@ which maximises acceptance and costs nothing in exactness.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import accumulate
 from typing import TYPE_CHECKING
 
 import torch
@@ -161,10 +162,10 @@ class _ModelDrafter(Drafter):
         rs = [s for s, _ in run]
         x0, meta, lens = self._inputs(engine, rs, [self._catch_up(s) for s in rs])
         V, K = engine.target.cfg.vocab_size, max(1, max(k for _, k in run))
-        pos = [s.pending_pos for s in rs]
-        apos = [s.audio_position(p) for s, p in zip(rs, pos)]
+        apos = [s.audio_position(s.pending_pos) for s in rs]
         emb = self.embedder
-        emb._pe(torch.tensor([max(apos) + K + 1]))  # grow the position table over every drafted position
+        if max(apos) + K + 1 > emb.pe.shape[0]:
+            emb._pe(torch.tensor([max(apos) + K]))  # grow the position table over every drafted position
         noise = torch.ones(len(rs), K, V)
         for i, (s, k) in enumerate(run):
             if k:
@@ -172,14 +173,13 @@ class _ModelDrafter(Drafter):
         width = max(len(s.table.blocks) for s in rs)
         block_table = torch.tensor([s.table.blocks + [0] * (width - len(s.table.blocks)) for s in rs],
                                    dtype=torch.int32)
-        ban = [max(0, MIN_STEPS_BEFORE_EOS - len(s.generated)) for s in rs]
+        per_seq = torch.tensor([[n - 1 for n in accumulate(lens)], [s.pending_pos for s in rs], apos,
+                                [k for _, k in run], [max(0, MIN_STEPS_BEFORE_EOS - len(s.generated)) for s in rs]])
         threshold = -1.0 if engine.draft_threshold is None else engine.draft_threshold
-        tokens, q, hidden, n = loop(x0.contiguous(), meta.slot_mapping, *meta.row_plan,
-                                    torch.tensor(lens).cumsum(0) - 1, torch.tensor(pos), torch.tensor(apos),
-                                    block_table, emb.audio_embedding.weight, emb.pe, float(emb.audio_alpha),
-                                    torch.tensor([k for _, k in run]), torch.tensor(ban),
-                                    [s.request.params for s in rs],
-                                    torch.stack([s.seen for s in rs]), noise, threshold, self.handoff)
+        tokens, q, hidden, n = loop(x0.contiguous(), meta.slot_mapping, *meta.row_plan, per_seq, block_table,
+                                    emb.audio_embedding.weight, emb.pe, float(emb.audio_alpha),
+                                    [s.request.params for s in rs], torch.stack([s.seen for s in rs]), noise,
+                                    threshold, self.handoff)
         for i, (s, t, m) in enumerate(zip(rs, tokens.tolist(), n.tolist())):
             drafts[id(s)] = t[:m]
             qs[id(s)] = q[i, :m] if m else None

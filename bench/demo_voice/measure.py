@@ -1,6 +1,7 @@
 """Speculative decoding on the demo voice, measured with the real engine on the held-out sentences.
 
-    python bench/demo_voice/measure.py [--bundle models/demo] [--data /work/data/demo] [--k 2,3,4,6] [-o out.json]
+    python bench/demo_voice/measure.py [--bundle models/demo] [--data /work/data/demo] [--k 2,3,4,6] [--threads 1]
+                                       [-o out.json]
 
 Each held-out sentence is spoken by its own speaker's built-in voice (the inference layout: the voice's transcript
 + the sentence as text, the voice's tokens as prompt), at upstream's default sampling (top_k 15, top_p 1, T 1,
@@ -29,9 +30,10 @@ def main(argv=None) -> int:
     ap.add_argument("--data", default="/work/data/demo", help="corpus folder (manifest + tokens)")
     ap.add_argument("--k", default="4", help="comma-separated draft lengths")
     ap.add_argument("--n", type=int, default=60, help="held-out sentences to use")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (the CLI uses one per core)")
     ap.add_argument("-o", "--out", default=None, help="JSON results")
     args = ap.parse_args(argv)
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
 
     from specdec import corpus, demo, voicebuild
     from specdec.api import generate
