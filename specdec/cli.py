@@ -158,7 +158,8 @@ def _add_bench(sub) -> None:
     p.add_argument("--demo", action="store_true",
                    help="the bundled demo voice (the default): real sentences, its draft, plus end-to-end figures")
     p.add_argument("--draft", action="append", default=None,
-                   help="draft to sweep: a GPT/EAGLE file, layerskip:N, int8[:N], ngram or bundle (repeatable)")
+                   help="draft to sweep: a GPT/EAGLE file, layerskip:N, int8[:N], ngram, bundle (the demo's EAGLE "
+                        "draft) or bundle-gpt (its small GPT draft) (repeatable)")
     p.add_argument("--k", default="2,4,6,8", help="comma-separated draft lengths to sweep")
     p.add_argument("--tokens", type=int, default=150, help="max new tokens per request")
     p.add_argument("--requests", type=int, default=2, help="requests in the fixed set")
@@ -194,7 +195,8 @@ def cmd_bench(args) -> None:
         from specdec import demo
         bundle = demo.load()
         target, voice = bundle.gpt, bundle.voice(None)
-        default_drafts = ["bundle", f"layerskip:{max(1, target.cfg.n_layer // 2)}", "int8", "ngram"]
+        default_drafts = ["bundle", *(["bundle-gpt"] if bundle.gpt_draft is not None else []),
+                          f"layerskip:{max(1, target.cfg.n_layer // 2)}", "int8", "ngram"]
         requests = []
         for i, text in enumerate(bench.BENCH_TEXTS[:args.requests]):
             phones, _ = bundle.frontend.phones(text, voice.language)
@@ -203,10 +205,11 @@ def cmd_bench(args) -> None:
         tag = "demo"
     drafts = {}
     for d in args.draft or default_drafts:
-        if d == "bundle":
-            if bundle is None or bundle.draft is None:
-                raise SpecdecError("--draft bundle needs the demo bundle (--demo)")
-            drafts["demo draft"] = bundle.draft
+        if d in ("bundle", "bundle-gpt"):
+            draft = None if bundle is None else bundle.draft if d == "bundle" else bundle.gpt_draft
+            if draft is None:
+                raise SpecdecError(f"--draft {d} needs the demo bundle (--demo) and its draft")
+            drafts["demo draft" if d == "bundle" else "demo gpt draft"] = draft
         else:
             drafts[d] = d  # layerskip:N, ngram[:N] or a file: the engine resolves and validates it
     upstream = not args.no_upstream and _upstream_importable()

@@ -1,6 +1,6 @@
 """The bundled demo voice: a small GPT-SoVITS-style model set trained here (see models/demo/MODEL_CARD.md).
 
-    bundle = demo.load()            # GPT, EAGLE draft, fast decoder, v2 front-end, built-in voices
+    bundle = demo.load()            # GPT, EAGLE draft (+ a small GPT draft), fast decoder, v2 front-end, voices
     voice = bundle.voice("slt")     # a built-in speaker, a voice folder, or None for the default
     voice = bundle.create_voice("me.wav", "What the clip says.")   # a new speaker from a 3-10 s reference
     bundle.generation               # the synth defaults measured best for this model (generation.json)
@@ -39,6 +39,7 @@ class DemoBundle:
     default_voice: str = DEFAULT_VOICE
     folder: str = ""
     generation: dict = field(default_factory=dict)  # this model's own synth defaults, chosen by measurement
+    gpt_draft: object = None  # a small distilled GPT draft (specdec.models.gpt.GPT), benchmarked beside the EAGLE one
 
     def voice(self, name: str | None = None) -> Voice:
         """A built-in speaker by name, a voice folder made for this bundle, or the default speaker."""
@@ -105,5 +106,7 @@ def load(folder: str | None = None) -> DemoBundle:
     if not voices:
         raise SpecdecError(f"{vdir}: the demo bundle has no voices")
     default = DEFAULT_VOICE if DEFAULT_VOICE in voices else next(iter(voices))
+    gpt_draft_path = os.path.join(folder, "draft_gpt.safetensors")
+    gpt_draft = load_gpt(gpt_draft_path) if os.path.isfile(gpt_draft_path) else None
     return DemoBundle(gpt, draft, decoder, Frontend("v2"), voices, default, folder,
-                      read_generation(os.path.join(folder, "generation.json")))
+                      read_generation(os.path.join(folder, "generation.json")), gpt_draft)

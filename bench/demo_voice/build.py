@@ -4,7 +4,7 @@
     python bench/demo_voice/build.py tokens
     python bench/demo_voice/build.py tokenizer [--tokenizer-steps N]
     python bench/demo_voice/build.py gpt      [--minutes 40]
-    python bench/demo_voice/build.py draft    [--draft-steps N]
+    python bench/demo_voice/build.py draft    [--draft-steps N] [--draft-kind eagle|gpt --draft-layers N]
     python bench/demo_voice/build.py bundle   [--out models/demo]
 
 Every step is resumable (re-run it after an interruption) and shows a rich progress bar; each writes under --data.
@@ -118,8 +118,10 @@ def step_gpt(args) -> None:
 
 
 def step_draft(args) -> None:
-    """Distil the EAGLE draft on same-speaker pairs (the inference layout) against the target's warped p at upstream's
-    default sampling; resumable from --data/ckpt/draft. Writes --data/draft.safetensors (fp32)."""
+    """Distil a draft on same-speaker pairs (the inference layout) against the target's warped p at upstream's
+    default sampling: the EAGLE draft (--draft-kind eagle; resumable from --data/ckpt/draft, writes
+    --data/draft.safetensors) or a small GPT of the target's width started from its first layers (--draft-kind gpt;
+    ckpt/draft_gpt, draft_gpt.safetensors). fp32."""
     import json
 
     import torch
@@ -130,13 +132,14 @@ def step_draft(args) -> None:
     torch.set_num_threads(args.threads)
     train, test = _utterances(args)
     target = load_gpt(os.path.join(args.data, "gpt.safetensors"))
-    cfg = DistillConfig(kind="eagle", n_layer=args.draft_layers, steps=args.draft_steps, checkpoint_every=25)
+    cfg = DistillConfig(kind=args.draft_kind, n_layer=args.draft_layers, steps=args.draft_steps, checkpoint_every=25)
+    name = "draft" if args.draft_kind == "eagle" else "draft_gpt"
     with _progress() as p:
-        task = p.add_task("draft", total=cfg.steps)
-        report = distill(target, *voicebuild.pair_examples(train, test), os.path.join(args.data, "draft.safetensors"),
-                         os.path.join(args.data, "ckpt", "draft"), cfg,
-                         progress=lambda i, n, kl: p.update(task, completed=i, description=f"draft KL {kl:.3f}"))
-    with open(os.path.join(args.data, "draft_report.json"), "w") as f:
+        task = p.add_task(name, total=cfg.steps)
+        report = distill(target, *voicebuild.pair_examples(train, test), os.path.join(args.data, f"{name}.safetensors"),
+                         os.path.join(args.data, "ckpt", name), cfg,
+                         progress=lambda i, n, kl: p.update(task, completed=i, description=f"{name} KL {kl:.3f}"))
+    with open(os.path.join(args.data, f"{name}_report.json"), "w") as f:
         json.dump(report, f, indent=1)
     console.print(f"draft: held-out α (step 1 / step 2) {report['alpha_before']} → {report['alpha_after']}")
 
@@ -158,6 +161,9 @@ def step_bundle(args) -> None:
     save_gpt(gpt, os.path.join(out, "gpt.safetensors"), dtype=torch.float16)
     draft = load_eagle(os.path.join(args.data, "draft.safetensors"), gpt.cfg)
     save_eagle(draft, os.path.join(out, "draft.safetensors"), gpt.cfg, torch.float16)
+    if os.path.isfile(os.path.join(args.data, "draft_gpt.safetensors")):
+        save_gpt(load_gpt(os.path.join(args.data, "draft_gpt.safetensors")), os.path.join(out, "draft_gpt.safetensors"),
+                 dtype=torch.float16)
     shutil.copyfile(os.path.join(args.data, "tokenizer.safetensors"), os.path.join(out, "tokenizer.safetensors"))
     shutil.copyfile(args.decoder, os.path.join(out, "decoder.safetensors"))
     clips, tokens, frontend = _clips(args), voicebuild.load_tokens(args.data), Frontend("v2")
@@ -188,6 +194,7 @@ def main(argv=None) -> int:
     ap.add_argument("--width", type=int, default=256)
     ap.add_argument("--minutes", type=float, default=52, help="GPT training budget (CPU seconds of its own steps)")
     ap.add_argument("--batch-tokens", type=int, default=4000)
+    ap.add_argument("--draft-kind", choices=["eagle", "gpt"], default="eagle")
     ap.add_argument("--draft-layers", type=int, default=1)
     ap.add_argument("--draft-steps", type=int, default=500)
     ap.add_argument("--decoder", default="/work/data/demo/decoder.safetensors", help="trained fast decoder")
