@@ -79,6 +79,15 @@ def quantize_gpt(gpt: GPT, n_layer: int | None = None) -> GPT:
     return q.eval()
 
 
+def quantize_eagle(draft):
+    """A copy of an EAGLE draft (specdec.models.eagle.EagleDraft) whose block matmuls run in int8; its fc and the
+    target's head and embeddings stay as they are. As a draft it costs no exactness."""
+    q = copy.copy(draft)
+    q._parameters, q._buffers, q._modules = dict(draft._parameters), dict(draft._buffers), dict(draft._modules)
+    q.layers = Blocks(_quantized_block(b) for b in draft.layers)
+    return q.eval()
+
+
 def _quantized_block(block: nn.Module) -> nn.Module:
     q = copy.copy(block)
     q._modules = {name: Int8Linear(m) if isinstance(m, Linear) else m for name, m in block._modules.items()}

@@ -14,6 +14,9 @@ from specdec.errors import SpecdecError
 EXIT_USER_ERROR = 2
 
 
+BUNDLE_DRAFTS = {"bundle": "demo draft", "bundle-int8": "demo draft int8", "bundle-gpt": "demo gpt draft",
+                 "bundle-gpt-int8": "demo gpt draft int8"}  # `specdec bench --draft` names → row names
+
 MODES = {  # presets; explicit options override them
     "quality": dict(draft=None, stream=False),  # the full decoder, offline, no speculation needed
     "fast": dict(draft="default", stream=True),  # speculation + streaming (+ the bundle's fast decoder)
@@ -159,7 +162,7 @@ def _add_bench(sub) -> None:
                    help="the bundled demo voice (the default): real sentences, its draft, plus end-to-end figures")
     p.add_argument("--draft", action="append", default=None,
                    help="draft to sweep: a GPT/EAGLE file, layerskip:N, int8[:N], ngram, bundle (the demo's EAGLE "
-                        "draft) or bundle-gpt (its small GPT draft) (repeatable)")
+                        "draft), bundle-gpt (its small GPT draft) or either + '-int8' (repeatable)")
     p.add_argument("--k", default="2,4,6,8", help="comma-separated draft lengths to sweep")
     p.add_argument("--tokens", type=int, default=150, help="max new tokens per request")
     p.add_argument("--requests", type=int, default=2, help="requests in the fixed set")
@@ -195,7 +198,8 @@ def cmd_bench(args) -> None:
         from specdec import demo
         bundle = demo.load()
         target, voice = bundle.gpt, bundle.voice(None)
-        default_drafts = ["bundle", *(["bundle-gpt"] if bundle.gpt_draft is not None else []),
+        default_drafts = ["bundle", "bundle-int8",
+                          *(["bundle-gpt", "bundle-gpt-int8"] if bundle.gpt_draft is not None else []),
                           f"layerskip:{max(1, target.cfg.n_layer // 2)}", "int8", "ngram"]
         requests = []
         for i, text in enumerate(bench.BENCH_TEXTS[:args.requests]):
@@ -205,11 +209,14 @@ def cmd_bench(args) -> None:
         tag = "demo"
     drafts = {}
     for d in args.draft or default_drafts:
-        if d in ("bundle", "bundle-gpt"):
-            draft = None if bundle is None else bundle.draft if d == "bundle" else bundle.gpt_draft
+        if d in BUNDLE_DRAFTS:
+            draft = None if bundle is None else bundle.gpt_draft if d.startswith("bundle-gpt") else bundle.draft
             if draft is None:
                 raise SpecdecError(f"--draft {d} needs the demo bundle (--demo) and its draft")
-            drafts["demo draft" if d == "bundle" else "demo gpt draft"] = draft
+            if d.endswith("-int8"):
+                from specdec.models.int8 import quantize_eagle, quantize_gpt
+                draft = quantize_gpt(draft) if d.startswith("bundle-gpt") else quantize_eagle(draft)
+            drafts[BUNDLE_DRAFTS[d]] = draft
         else:
             drafts[d] = d  # layerskip:N, ngram[:N] or a file: the engine resolves and validates it
     upstream = not args.no_upstream and _upstream_importable()

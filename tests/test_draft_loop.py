@@ -12,6 +12,7 @@ from specdec import Request, SamplingParams
 from specdec.drafters import EagleDrafter, SharedPagesDrafter, make_drafter
 from specdec.engine import Engine
 from specdec.kernels import cpu
+from specdec.models.int8 import quantize_eagle
 from test_spec import ALPHA, _min_p_value, _sample_many, eagle_copy_of, perturbed, requests, sticky_gpt, tiny_gpt
 
 pytestmark = pytest.mark.skipif(not cpu.available(), reason="no AVX2/F16C CPU or no C compiler")
@@ -30,8 +31,9 @@ def target():
 
 
 def drafts_for(target):
-    return {"gpt": fp16_exact(tiny_gpt(2, 64, 4, seed=9)),
-            "eagle": fp16_exact(perturbed(eagle_copy_of(target), 0.2, 5)), "int8": "int8", "layerskip:2": "layerskip:2"}
+    eagle = fp16_exact(perturbed(eagle_copy_of(target), 0.2, 5))
+    return {"gpt": fp16_exact(tiny_gpt(2, 64, 4, seed=9)), "eagle": eagle, "eagle-int8": quantize_eagle(eagle),
+            "int8": "int8", "layerskip:2": "layerskip:2"}
 
 
 def _state(drafter, seqs):
@@ -90,7 +92,7 @@ PARAMS = {"defaults": SamplingParams(max_new_tokens=40),
 
 
 @pytest.mark.parametrize("params", PARAMS)
-@pytest.mark.parametrize("kind", ["gpt", "eagle", "int8", "layerskip:2"])
+@pytest.mark.parametrize("kind", ["gpt", "eagle", "eagle-int8", "int8", "layerskip:2"])
 def test_the_c_loop_proposes_what_the_torch_loop_would(target, kind, params):
     drafter = make_drafter(drafts_for(target)[kind], target)
     log = []
