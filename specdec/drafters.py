@@ -24,7 +24,7 @@ import torch
 
 from specdec.cache import PagePool
 from specdec.errors import SpecdecError
-from specdec.kernels import AttentionMetadata, cpu, default_backend
+from specdec.kernels import AttentionMetadata, cpu
 from specdec.models.gpt import GPT, Blocks
 from specdec.models.linear import Linear
 from specdec.sampling import MIN_STEPS_BEFORE_EOS, exponential_noise, race, warp
@@ -140,7 +140,7 @@ class _ModelDrafter(Drafter):
     def _loop(self, engine: "Engine") -> "cpu.DraftLoop | None":
         """The C drafting loop for this draft, or None where it cannot run (no kernels, another backend, weights
         not packed for them)."""
-        if ((engine.backend or default_backend(engine.target.device)) != "torch" or not self.kv
+        if (engine.backend != "torch" or not self.kv
                 or self.embedder.audio_embedding.weight.dtype != torch.float32):
             return None
         plan = self.blocks.cpu_plan(self.kv, 0, self.end)

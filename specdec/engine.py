@@ -103,7 +103,8 @@ class Engine:
         self.adaptive, self.draft_threshold = adaptive, draft_threshold
         self.costs = Costs()
         self.acceptance = Acceptance()  # over every sequence's rounds: the prior of the next sequence's estimate
-        self.page_size, self.backend = page_size, backend
+        self.page_size = page_size
+        self.backend = backend or default_backend(target.device)  # resolved once: it reads the environment
         self.pool: PagePool | None = None
         self.target_kv: list = []
         self.drafter: Drafter | None = make_drafter(draft, target)
@@ -275,7 +276,7 @@ class Engine:
     def _accept(self, seqs: list[Sequence], logits: torch.Tensor, proposals: list[Proposal]) -> list[int]:
         """Warp the target logits of every position (one batched call), then accept/resample and emit per
         sequence; returns the number of accepted drafts per sequence."""
-        triton = (self.backend or default_backend(logits.device)) == "triton"
+        triton = self.backend == "triton"
         if not triton and logits.is_cpu and cpu.available():
             verdicts = self._verdicts_cpu(seqs, logits.float(), proposals)
         else:
