@@ -17,11 +17,11 @@ EXIT_USER_ERROR = 2
 BUNDLE_DRAFTS = {"bundle": "demo draft", "bundle-int8": "demo draft int8", "bundle-gpt": "demo gpt draft",
                  "bundle-gpt-int8": "demo gpt draft int8"}  # `specdec bench --draft` names → row names
 
-MODES = {  # presets; explicit options override them
-    "quality": dict(draft=None, stream=False),  # the full decoder, offline, no speculation needed
-    "fast": dict(draft="default", stream=True),  # speculation + streaming (+ the bundle's fast decoder)
+MODES = {  # presets; explicit options override them, and a bundle's generation.json the fast / eco drafting
+    "quality": dict(draft="none", stream=False),  # the full decoder, offline, no speculation needed
+    "fast": dict(draft="bundle", stream=True),  # speculation + streaming (+ the bundle's fast decoder)
     # fast + the GPT's block matmuls in int8: LOSSY, tokens follow an approximation of the model (labelled as such)
-    "eco": dict(draft="default", stream=True, quantize=True),
+    "eco": dict(draft="bundle", stream=True, quantize=True),
 }
 
 
@@ -29,16 +29,17 @@ def _add_synth(sub) -> None:
     p = sub.add_parser("synth", help="text → speech; prints acceptance statistics",
                        description="Synthesise TEXT. With no model options the bundled demo voice speaks. "
                                    "--mode presets: quality = no speculation, offline decode; fast = the "
-                                   "bundle's draft + streaming decode; eco = fast with an int8 GPT (lossy: the "
-                                   "output is labelled so). "
+                                   "bundle's fastest exact draft + streaming decode; eco = streaming with an int8 GPT "
+                                   "(lossy: the output is labelled so) and the bundle's draft. "
                                    "Explicit options override a preset.")
     p.add_argument("text")
     p.add_argument("-o", "--out", default="out.wav", help="output wav (written only when synthesis succeeds)")
     p.add_argument("--gpt", help="GPT file (upstream .ckpt or specdec .safetensors)")
     p.add_argument("--sovits", help="SoVITS file (upstream .pth or specdec .safetensors)")
     p.add_argument("--voice", help="voice folder (specdec voice create), or a built-in speaker's name")
-    p.add_argument("--draft", help="GPT file, layerskip:N, int8[:N] (an int8 copy of the GPT), ngram or none")
-    p.add_argument("--k", type=int, default=None, help="drafts per round (default: the bundle's, else 4)")
+    p.add_argument("--draft", help="bundle (the bundle's trained draft), GPT/EAGLE file, layerskip:N, int8[:N] (an "
+                                   "int8 copy of the GPT), ngram or none (default: the bundle's choice for the mode)")
+    p.add_argument("--k", type=int, default=None, help="drafts per round (default: the bundle's for the mode, else 4)")
     p.add_argument("--adaptive", action="store_true", help="pick k per round from observed acceptance")
     # sampling defaults: the demo bundle's generation.json (its model card says why), else upstream's 15, 1, 1, 1.35
     p.add_argument("--top-k", type=int, default=None)
@@ -56,7 +57,7 @@ def _add_synth(sub) -> None:
 
 
 def _resolve_draft(spec, bundle_draft):
-    if spec in (None, "default"):
+    if spec == "bundle":
         return bundle_draft
     if spec == "none":
         return None
@@ -83,9 +84,11 @@ def cmd_synth(args) -> None:
     if preset.get("quantize"):
         from specdec.models.int8 import quantize_gpt
         gpt = quantize_gpt(gpt)
-    draft = _resolve_draft(args.draft if args.draft is not None else preset["draft"], bundle_draft)
+    drafting = generation.get(args.mode, {})  # the bundle's measured draft and k for this mode
+    draft = _resolve_draft(args.draft if args.draft is not None else drafting.get("draft", preset["draft"]),
+                           bundle_draft)
     stream = preset["stream"] if args.stream is None else args.stream
-    tts = TTS(gpt, decoder, frontend, draft=draft, k=args.k or generation.get("k", 4), adaptive=args.adaptive)
+    tts = TTS(gpt, decoder, frontend, draft=draft, k=args.k or drafting.get("k", 4), adaptive=args.adaptive)
     frontend.read(args.text, args.language or voice.language)  # a text it cannot read fails now, not after warm-up
     tts.warm_up(voice)  # first-audio time then measures synthesis, not dictionary loading or weight packing
     audio, stats = synthesize(args.text, tts, voice, streaming=stream, language=args.language,

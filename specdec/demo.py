@@ -19,7 +19,9 @@ from specdec.sampling import SAMPLING_OPTIONS, SamplingParams
 from specdec.voices import Voice
 
 DEFAULT_VOICE = "awb"  # the lowest held-out WER at upstream default sampling (MODEL_CARD.md)
-GENERATION_KEYS = (*SAMPLING_OPTIONS, "k")  # sampling (upstream names), drafts per round
+SPEED_MODES = ("fast", "eco")  # `specdec synth --mode` presets that draft
+MODE_KEYS = ("draft", "k")  # per speed mode: the draft (bundle, int8, ngram, layerskip:N, ...) and drafts per round
+GENERATION_KEYS = (*SAMPLING_OPTIONS, *SPEED_MODES)  # sampling (upstream names), then each mode's drafting
 MAX_K = 16  # drafts per round the CLI accepts
 
 
@@ -60,8 +62,8 @@ class DemoBundle:
 
 
 def read_generation(path: str) -> dict:
-    """generation.json (like a Hugging Face generation_config): the sampling settings and draft length that the model
-    card measured best for this model; absent → {} (upstream's defaults apply)."""
+    """generation.json (like a Hugging Face generation_config): the sampling settings, and per speed mode the draft
+    and draft length, that the model card measured best for this model; absent → {} (upstream's defaults apply)."""
     if not os.path.isfile(path):
         return {}
     try:
@@ -71,9 +73,15 @@ def read_generation(path: str) -> dict:
         raise SpecdecError(f"{path}: unreadable ({e})") from None
     if not isinstance(settings, dict) or set(settings) - set(GENERATION_KEYS):
         raise SpecdecError(f"{path}: expected an object with keys among {', '.join(GENERATION_KEYS)}")
-    k = settings.get("k", 1)
-    if not (isinstance(k, int) and 1 <= k <= MAX_K):
-        raise SpecdecError(f"{path}: k must lie in 1..{MAX_K} (got {k!r})")
+    for mode in SPEED_MODES:
+        m = settings.get(mode, {})
+        if not isinstance(m, dict) or set(m) - set(MODE_KEYS):
+            raise SpecdecError(f"{path}: {mode} must be an object with keys among {', '.join(MODE_KEYS)}")
+        k = m.get("k", 1)
+        if not (isinstance(k, int) and 1 <= k <= MAX_K):
+            raise SpecdecError(f"{path}: {mode}.k must lie in 1..{MAX_K} (got {k!r})")
+        if not isinstance(m.get("draft", ""), str):
+            raise SpecdecError(f"{path}: {mode}.draft must be a draft name (bundle, int8, ngram, layerskip:N, ...)")
     try:
         SamplingParams(**{o: settings[o] for o in SAMPLING_OPTIONS if o in settings})
     except (SpecdecError, TypeError) as e:

@@ -16,6 +16,7 @@ which maximises acceptance and costs nothing in exactness.
 """
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 from itertools import accumulate
 from typing import TYPE_CHECKING
@@ -46,6 +47,8 @@ class Proposal:
 
 
 class Drafter:
+    engine: "weakref.ref[Engine] | None" = None  # the one Engine it serves (set by the Engine)
+
     def bind(self, pool: PagePool, target_kv: list) -> None:
         """Called whenever the engine (re)creates its page pool."""
 

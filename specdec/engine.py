@@ -13,6 +13,7 @@ The newest emitted token is *pending*: sampled but not yet fed. A round with k d
 from __future__ import annotations
 
 import secrets
+import weakref
 import time
 from itertools import accumulate
 from collections.abc import Generator
@@ -108,6 +109,12 @@ class Engine:
         self.pool: PagePool | None = None
         self.target_kv: list = []
         self.drafter: Drafter | None = make_drafter(draft, target)
+        if self.drafter is not None:
+            owner = self.drafter.engine() if self.drafter.engine is not None else None
+            if owner is not None:  # its pages live in that engine's pool: sharing would draft from the wrong pages
+                raise SpecdecError("this Drafter already serves another Engine; give each Engine its own (pass the "
+                                   "draft model or spec, e.g. 'int8', and each Engine makes one)")
+            self.drafter.engine = weakref.ref(self)
 
     # ---- pool ----------------------------------------------------------------------------------------------
     def _ensure_pool(self, tokens_needed: int) -> None:

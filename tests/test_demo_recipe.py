@@ -19,7 +19,7 @@ from specdec.models.text import Frontend
 from specdec.models.tokenizer import (N_UNITS, PHONES, Tokenizer, TokenizerConfig, consistent, load_tokenizer,
                                       n_frames, phone_units, save_tokenizer)
 from specdec.pipeline import TTS, synthesize
-from specdec.sampling import SamplingParams
+from specdec.sampling import SAMPLING_OPTIONS, SamplingParams
 
 needs_flite = pytest.mark.skipif(shutil.which("flite") is None, reason="flite (Debian package) speaks the corpus")
 
@@ -186,10 +186,13 @@ def test_synth_takes_the_bundles_generation_defaults_and_explicit_options_win(tm
     out = str(tmp_path / "a.wav")
     assert main(["synth", "Good morning.", "-o", out, "--seed", "1", "--json"]) == 0
     r = json.loads(capsys.readouterr().out)
-    want = SamplingParams(**{name: v for name, v in gen.items() if name != "k"})
+    want = SamplingParams(**{name: v for name, v in gen.items() if name in SAMPLING_OPTIONS})
     assert r["sampling"] == {"top_k": want.top_k, "top_p": want.top_p, "temperature": want.temperature,
                              "repetition_penalty": want.repetition_penalty, "seed": 1}
-    assert r["k"] == gen.get("k", 4)
+    fast = gen.get("fast", {})
+    assert r["k"] == fast.get("k", 4) and r["draft"] == fast.get("draft", "EagleDraft")
+    assert main(["synth", "Good morning.", "-o", out, "--json", "--mode", "quality"]) == 0
+    assert json.loads(capsys.readouterr().out)["draft"] == "none"  # quality mode does not speculate
     assert main(["synth", "Good morning.", "-o", out, "--json", "--top-k", "7", "--temperature", "0.9",
                  "--repetition-penalty", "1.1", "--top-p", "0.8", "--k", "2"]) == 0
     r = json.loads(capsys.readouterr().out)
@@ -202,13 +205,16 @@ def test_synth_takes_the_bundles_generation_defaults_and_explicit_options_win(tm
 def test_generation_file_is_optional_and_checked(tmp_path):
     path = tmp_path / "generation.json"
     assert demo.read_generation(str(path)) == {}
-    path.write_text('{"top_k": 1, "k": 3}')
-    assert demo.read_generation(str(path)) == {"top_k": 1, "k": 3}
+    path.write_text('{"top_k": 1, "fast": {"draft": "int8", "k": 3}}')
+    assert demo.read_generation(str(path)) == {"top_k": 1, "fast": {"draft": "int8", "k": 3}}
     path.write_text('{"top_k": 1, "beams": 4}')
     with pytest.raises(SpecdecError, match="keys among top_k"):
         demo.read_generation(str(path))
-    path.write_text('{"k": 0}')
-    with pytest.raises(SpecdecError, match="k must lie in 1..16"):
+    path.write_text('{"eco": {"k": 0}}')
+    with pytest.raises(SpecdecError, match="eco.k must lie in 1..16"):
+        demo.read_generation(str(path))
+    path.write_text('{"fast": {"draft": 3}}')
+    with pytest.raises(SpecdecError, match="fast.draft must be a draft name"):
         demo.read_generation(str(path))
     path.write_text('{"top_p": 1.5}')
     with pytest.raises(SpecdecError, match="generation.json: top_p must be in"):

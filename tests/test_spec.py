@@ -88,6 +88,16 @@ def test_a_batch_gives_each_request_what_it_gets_alone(target, draft):
         assert torch.equal(a.tokens, b.tokens)
 
 
+def test_a_drafter_serves_one_engine(target):
+    """Its pages (or its view of the target's) live in one engine's pool: a second engine must not share it."""
+    drafter = specdec.drafters.make_drafter("layerskip:2", target)
+    first = Engine(target, drafter, k=2)
+    with pytest.raises(specdec.SpecdecError, match="already serves another Engine"):
+        Engine(target, drafter, k=4)
+    del first  # once that engine is gone, the drafter is free again
+    Engine(target, drafter, k=4)
+
+
 def test_same_seed_same_tokens(target):
     engine = Engine(target, perturbed(target, 0.3, 2), k=4)
     r = requests(1, params=SamplingParams(max_new_tokens=40, seed=7))
