@@ -47,7 +47,8 @@ def _batch(data, page_size, n_head, head_dim, dtype):
     """A ragged batch over a NaN-poisoned pool: per sequence a cached context (written by the torch store) and
     q_len new tokens in one of three modes; pages of different sequences interleaved."""
     g = torch.Generator().manual_seed(data.draw(st.integers(0, 2**31 - 1)))
-    pool = PagePool(num_blocks=400, page_size=page_size)
+    # room for the largest draw: 4 sequences of up to 156 tokens, each with up to 2 pages of filler after it
+    pool = PagePool(num_blocks=4 * (-(-156 // page_size) + 3), page_size=page_size)
     (k_cache, v_cache), = pool.new_kv(1, n_head, head_dim, dtype, DEVICE)
     k_cache.fill_(float("nan"))
     v_cache.fill_(float("nan"))
