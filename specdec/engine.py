@@ -332,8 +332,7 @@ class Engine:
             torch.tensor([len(s.generated) for s in seqs]), MIN_STEPS_BEFORE_EOS, [s.request.params for s in seqs])
         if broken:
             raise RuntimeError("the draft returned non-finite probabilities (a broken draft model?)")
-        return [Verdict(d[:stop], stop, True) if stop >= 0 else Verdict(d[:n] + [token], n, False)
-                for d, (n, token, stop) in zip(drafts, out.tolist())]
+        return [Verdict.decode(d, *row) for d, row in zip(drafts, out.tolist())]
 
     def _verdicts_triton(self, seqs, logits, proposals, ban) -> list[Verdict]:
         """The same step as fixed-shape kernels over the whole batch, fed the same random numbers (round_noise);
@@ -360,7 +359,4 @@ class Engine:
         *result, broken = torch.cat([out.flatten(), (~torch.isfinite(q_rows).all()).int()[None]]).tolist()
         if broken:
             raise RuntimeError("the draft returned non-finite probabilities (a broken draft model?)")
-        verdicts = []
-        for d, (n, token, stop) in zip(drafts, zip(result[0::3], result[1::3], result[2::3])):
-            verdicts.append(Verdict(d[:stop], stop, True) if stop >= 0 else Verdict(d[:n] + [token], n, False))
-        return verdicts
+        return [Verdict.decode(d, *row) for d, row in zip(drafts, zip(result[0::3], result[1::3], result[2::3]))]

@@ -133,6 +133,12 @@ class Verdict:
     num_accepted: int  # drafts accepted
     stopped: bool
 
+    @staticmethod
+    def decode(drafts: list[int], n: int, token: int, stop: int) -> "Verdict":
+        """From the kernels' per-sequence triple (the C and Triton accept steps): drafts accepted, the token drawn at
+        the first unaccepted position, and the position generation stopped at (-1: it did not)."""
+        return Verdict(drafts[:stop], stop, True) if stop >= 0 else Verdict(drafts[:n] + [token], n, False)
+
 
 def accept(p: torch.Tensor, q: torch.Tensor | None, drafts: list[int], argmax_eos: torch.Tensor, ban_eos: list[bool],
            eos: int, generator: torch.Generator | None) -> Verdict:
