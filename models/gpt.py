@@ -192,11 +192,14 @@ class GPT(nn.Module):
         self.quantization: str | None = None  # "int8": lossy block matmuls (specdec.models.int8.quantize_gpt)
 
     # ---- embeddings ---------------------------------------------------------------------------------------
+    def position_table(self, n: int) -> torch.Tensor:
+        """The sinusoid table [≥ n, d], grown (doubling) when n positions exceed it."""
+        if n > self.pe.shape[0]:
+            self.pe = sinusoid_table(max(n, 2 * self.pe.shape[0]), self.cfg.d_model).to(self.pe)
+        return self.pe
+
     def _pe(self, positions: torch.Tensor) -> torch.Tensor:
-        need = int(positions.max()) + 1 if positions.numel() else 0
-        if need > self.pe.shape[0]:
-            self.pe = sinusoid_table(max(need, 2 * self.pe.shape[0]), self.cfg.d_model).to(self.pe)
-        return self.pe[positions]
+        return self.position_table(int(positions.max()) + 1 if positions.numel() else 0)[positions]
 
     def embed_text(self, phones: torch.Tensor, bert: torch.Tensor | None = None) -> torch.Tensor:
         """phones [n] → [n, d]. `bert` is [bert_dim, n] (upstream's layout) or None for zeros."""

@@ -71,20 +71,24 @@ def quantize_gpt(gpt: GPT, n_layer: int | None = None) -> GPT:
     n = gpt.cfg.n_layer if n_layer is None else n_layer
     if not 1 <= n <= gpt.cfg.n_layer:
         raise SpecdecError(f"int8:{n} needs 1 <= N <= {gpt.cfg.n_layer} (the target's layers)")
-    q = copy.copy(gpt)  # shallow: the module dicts are replaced below, never shared
-    q._parameters, q._buffers, q._modules = dict(gpt._parameters), dict(gpt._buffers), dict(gpt._modules)
+    q = _with_int8_blocks(gpt, gpt.layers[:n])
     q.cfg = dataclasses.replace(gpt.cfg, n_layer=n)
-    q.layers = Blocks(_quantized_block(b) for b in gpt.layers[:n])
     q.quantization = "int8"
-    return q.eval()
+    return q
 
 
 def quantize_eagle(draft):
     """A copy of an EAGLE draft (specdec.models.eagle.EagleDraft) whose block matmuls run in int8; its fc and the
     target's head and embeddings stay as they are. As a draft it costs no exactness."""
-    q = copy.copy(draft)
-    q._parameters, q._buffers, q._modules = dict(draft._parameters), dict(draft._buffers), dict(draft._modules)
-    q.layers = Blocks(_quantized_block(b) for b in draft.layers)
+    return _with_int8_blocks(draft, draft.layers)
+
+
+def _with_int8_blocks(model: nn.Module, blocks) -> nn.Module:
+    """A shallow copy of `model` (its own module dicts, everything else shared) whose `layers` are int8 copies of
+    `blocks`."""
+    q = copy.copy(model)
+    q._parameters, q._buffers, q._modules = dict(model._parameters), dict(model._buffers), dict(model._modules)
+    q.layers = Blocks(_quantized_block(b) for b in blocks)
     return q.eval()
 
 

@@ -167,8 +167,7 @@ class _ModelDrafter(Drafter):
         V, K = engine.target.cfg.vocab_size, max(1, max(k for _, k in run))
         apos = [s.audio_position(s.pending_pos) for s in rs]
         emb = self.embedder
-        if max(apos) + K + 1 > emb.pe.shape[0]:
-            emb._pe(torch.tensor([max(apos) + K]))  # grow the position table over every drafted position
+        pe = emb.position_table(max(apos) + K + 1)  # covering every drafted position
         noise = torch.ones(len(rs), K, V)
         for i, (s, k) in enumerate(run):
             if k:
@@ -180,7 +179,7 @@ class _ModelDrafter(Drafter):
                                 [k for _, k in run], [max(0, MIN_STEPS_BEFORE_EOS - len(s.generated)) for s in rs]])
         threshold = -1.0 if engine.draft_threshold is None else engine.draft_threshold
         tokens, q, hidden, n = loop(x0.contiguous(), meta.slot_mapping, *meta.row_plan, per_seq, block_table,
-                                    emb.audio_embedding.weight, emb.pe, float(emb.audio_alpha),
+                                    emb.audio_embedding.weight, pe, float(emb.audio_alpha),
                                     [s.request.params for s in rs], torch.stack([s.seen for s in rs]), noise,
                                     threshold, self.handoff)
         for i, (s, t, m) in enumerate(zip(rs, tokens.tolist(), n.tolist())):

@@ -13,8 +13,8 @@ The newest emitted token is *pending*: sampled but not yet fed. A round with k d
 from __future__ import annotations
 
 import secrets
-import weakref
 import time
+import weakref
 from itertools import accumulate
 from collections.abc import Generator
 from dataclasses import dataclass, field

@@ -207,21 +207,13 @@ def test_generation_file_is_optional_and_checked(tmp_path):
     assert demo.read_generation(str(path)) == {}
     path.write_text('{"top_k": 1, "fast": {"draft": "int8", "k": 3}}')
     assert demo.read_generation(str(path)) == {"top_k": 1, "fast": {"draft": "int8", "k": 3}}
-    path.write_text('{"top_k": 1, "beams": 4}')
-    with pytest.raises(SpecdecError, match="keys among top_k"):
-        demo.read_generation(str(path))
-    path.write_text('{"eco": {"k": 0}}')
-    with pytest.raises(SpecdecError, match="eco.k must lie in 1..16"):
-        demo.read_generation(str(path))
-    path.write_text('{"fast": {"draft": 3}}')
-    with pytest.raises(SpecdecError, match="fast.draft must be a draft name"):
-        demo.read_generation(str(path))
-    path.write_text('{"top_p": 1.5}')
-    with pytest.raises(SpecdecError, match="generation.json: top_p must be in"):
-        demo.read_generation(str(path))
-    path.write_text("{")
-    with pytest.raises(SpecdecError, match="generation.json: unreadable"):
-        demo.read_generation(str(path))
+    for text, error in [('{"top_k": 1, "beams": 4}', "keys among top_k"),
+                        ('{"eco": {"k": 0}}', "eco.k must lie in 1..16"),
+                        ('{"fast": {"draft": 3}}', "fast.draft must be a draft name"),
+                        ('{"top_p": 1.5}', "generation.json: top_p must be in"), ("{", "generation.json: unreadable")]:
+        path.write_text(text)
+        with pytest.raises(SpecdecError, match=error):
+            demo.read_generation(str(path))
 
 
 @needs_flite
