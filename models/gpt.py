@@ -106,8 +106,11 @@ class Block(nn.Module):
         """Cache-free path for training and teacher forcing: x [B, T, d], mask [B, T, T] bool (True = attend)."""
         B, T, d = x.shape
         q, k, v = self.qkv(x).view(B, T, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)  # 3 × [B, H, T, D]
-        a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None])  # [B, H, T, D]
-        x = self.norm1(x + self.out(a.transpose(1, 2).reshape(B, T, d)))
+        # fp32 even under a bf16 autocast (training): on CPU it is the faster of the two (fwd+bwd, v2 layer at
+        # 16 × 250 tokens: 115 vs 185 ms, 2026-11-27), and the softmax keeps its precision
+        with torch.autocast(x.device.type, enabled=False):
+            a = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask[:, None])
+        x = self.norm1(x + self.out(a.to(x.dtype).transpose(1, 2).reshape(B, T, d)))
         return self.norm2(x + self.ffn_out(F.relu(self.ffn_in(x))))
 
 

@@ -160,7 +160,8 @@ def _add_bench(sub) -> None:
                                      "end-to-end first-audio time and real-time factor on the demo voice")
     p.add_argument("--shape", choices=["v2", "v1", "s1"], default=None,
                    help="time a real upstream shape with random weights (cost only: acceptance is meaningless)")
-    p.add_argument("--gpt", help="target GPT file (upstream .ckpt or specdec .safetensors)")
+    p.add_argument("--gpt", help="target GPT file (upstream .ckpt or specdec .safetensors); one trained on the demo's "
+                                 "units speaks the demo's voices and sentences, any other random requests")
     p.add_argument("--demo", action="store_true",
                    help="the bundled demo voice (the default): real sentences, its draft, plus end-to-end figures")
     p.add_argument("--draft", action="append", default=None,
@@ -191,37 +192,46 @@ def cmd_bench(args) -> None:
         raise SpecdecError("give at most one of --shape (random weights), --gpt FILE or --demo (the default)")
     params = dict(max_new_tokens=args.tokens)
     bundle = None
-    if args.shape or args.gpt:
-        target = bench.random_target(args.shape) if args.shape else load_gpt(args.gpt)
+    if args.shape:
+        target = bench.random_target(args.shape)
+    else:
+        from specdec import demo
+        bundle = demo.load()
+        target = load_gpt(args.gpt) if args.gpt else bundle.gpt
+        c, d = target.cfg, bundle.gpt.cfg
+        if (c.vocab_size, c.phoneme_vocab_size) != (d.vocab_size, d.phoneme_vocab_size):
+            bundle = None  # not the demo's units: it cannot speak the demo's voices
+    own_drafts = args.gpt is None  # the bundle's drafts are the bundle target's
+    if bundle is None:
         default_drafts = ["layerskip:4", "layerskip:8", "int8", "ngram"] if args.shape else ["ngram"]
         requests = [Request(*bench.fixed_request(phoneme_vocab_size=target.cfg.phoneme_vocab_size, seed=i),
                             params=SamplingParams(seed=i, **params)) for i in range(args.requests)]
         tag = args.shape or os.path.splitext(os.path.basename(args.gpt))[0]
-    else:
-        from specdec import demo
-        bundle = demo.load()
-        target, voice = bundle.gpt, bundle.voice(None)
-        default_drafts = ["bundle", "bundle-int8",
-                          *(["bundle-gpt", "bundle-gpt-int8"] if bundle.gpt_draft is not None else []),
+    else:  # the demo's voice and sentences: its own target, or another trained on the same units (--gpt)
+        voice = bundle.voice(None)
+        default_drafts = [*(["bundle", "bundle-int8"] if own_drafts else []),
+                          *(["bundle-gpt", "bundle-gpt-int8"] if own_drafts and bundle.gpt_draft is not None else []),
                           f"layerskip:{max(1, target.cfg.n_layer // 2)}", "int8", "ngram"]
         requests = []
         for i, text in enumerate(bench.BENCH_TEXTS[:args.requests]):
             phones, _ = bundle.frontend.phones(text, voice.language)
             requests.append(Request(torch.cat([voice.phones, phones]), voice.tokens,
                                     params=SamplingParams(seed=i, **params)))
-        tag = "demo"
+        tag = "demo" if own_drafts else os.path.splitext(os.path.basename(args.gpt))[0]
     drafts = {}
     for d in args.draft or default_drafts:
         if d in BUNDLE_DRAFTS:
-            draft = None if bundle is None else bundle.gpt_draft if d.startswith("bundle-gpt") else bundle.draft
+            draft = None if bundle is None or not own_drafts else (
+                bundle.gpt_draft if d.startswith("bundle-gpt") else bundle.draft)
             if draft is None:
-                raise SpecdecError(f"--draft {d} needs the demo bundle (--demo) and its draft")
+                raise SpecdecError(f"--draft {d} needs the demo bundle's own target (--demo) and its draft")
             if d.endswith("-int8"):
                 from specdec.models.int8 import quantize_eagle, quantize_gpt
                 draft = quantize_gpt(draft) if d.startswith("bundle-gpt") else quantize_eagle(draft)
             drafts[BUNDLE_DRAFTS[d]] = draft
         else:
-            drafts[d] = d  # layerskip:N, ngram[:N] or a file: the engine resolves and validates it
+            # layerskip:N, ngram[:N] or a file (its row named by the file name): the engine resolves and validates it
+            drafts[os.path.basename(d) if os.path.isfile(d) else d] = d
     upstream = not args.no_upstream and _upstream_importable()
     n_configs = 1 + len(drafts) * len(ks) + upstream + args.eco
     console = Console(stderr=True)

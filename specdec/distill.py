@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from specdec.gpt_train import autocast
 from specdec.models import weights
 from specdec.models.checkpoint import save_gpt
 from specdec.models.eagle import EagleConfig, EagleDraft, save_eagle
@@ -59,6 +60,7 @@ class DistillConfig:
     second_pass: bool = True  # eagle only
     seed: int = 0
     checkpoint_every: int = 100
+    precision: str = "fp32"  # training steps (teacher and draft): "fp32" or "bf16" (CPU autocast); α stays fp32
 
 
 @dataclass
@@ -87,7 +89,7 @@ def _batch(target: GPT, examples: list[Example], params: SamplingParams) -> _Bat
             seen[b, n:n + m] = hist.cumsum(0) > 0  # history up to and including token t
         h = target.forward_dense(x, mask)
         ban = torch.zeros(int(audio.sum()), dtype=torch.bool)  # EOS bans depend on the step; training ignores EOS
-        p, _ = warp(target.logits(h[audio]), seen[audio], ban, params)
+        p, _ = warp(target.logits(h[audio]).float(), seen[audio], ban, params)
     return _Batch(x, mask, h, audio, p, seen[audio], examples)
 
 
@@ -202,10 +204,11 @@ def distill(target: GPT, train: list[Example], held_out: list[Example], out_path
         lr = cfg.lr * min(1.0, (step + 1) / cfg.warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / cfg.steps)))
         for g in opt.param_groups:
             g["lr"] = lr
-        batch = _batch(target, [train[i] for i in next(batches)], params)
-        loss = _kl(batch.p, _logits(target, draft, batch))
-        if cfg.second_pass and isinstance(draft, EagleDraft):
-            loss = loss + _kl(batch.p, _logits(target, draft, batch, second=True))
+        with autocast(cfg.precision):
+            batch = _batch(target, [train[i] for i in next(batches)], params)
+            loss = _kl(batch.p, _logits(target, draft, batch))
+            if cfg.second_pass and isinstance(draft, EagleDraft):
+                loss = loss + _kl(batch.p, _logits(target, draft, batch, second=True))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(draft.parameters(), 1.0)

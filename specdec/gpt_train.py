@@ -12,6 +12,7 @@ Checkpoints (model, optimiser, step, history) go to `work_dir` every `checkpoint
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import random
@@ -46,6 +47,7 @@ class GPTTrainConfig:
     seed: int = 0
     checkpoint_every: int = 50
     eval_every: int = 200
+    precision: str = "fp32"  # or "bf16": autocast matmuls (AMX/AVX512-BF16 CPUs: ~3x faster steps at the v2 shape)
 
 
 @dataclass
@@ -141,6 +143,13 @@ def evaluate(model: GPT, examples: list[Example], batch: int = 16) -> dict:
     return {"loss": tot / max(n, 1), "acc": hit / max(n, 1)}
 
 
+def autocast(precision: str):
+    """The training forward's precision: "fp32", or "bf16" (a CPU autocast; weights and optimiser stay fp32)."""
+    if precision not in ("fp32", "bf16"):
+        raise ValueError(f"precision must be fp32 or bf16, not {precision!r}")
+    return torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
+
+
 @dataclass
 class TrainState:
     step: int = 0
@@ -182,7 +191,8 @@ def train_gpt(model_cfg: GPTConfig, train: list[Utterance], held_out: list[Examp
         for g in opt.param_groups:
             g["lr"] = lr_at(cfg, st.step, progress_of(cfg, st))
         exs = next(stream)
-        loss, n, _ = batch_loss(model, exs)
+        with autocast(cfg.precision):
+            loss, n, _ = batch_loss(model, exs)
         opt.zero_grad(set_to_none=True)
         (loss / n).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -194,7 +204,8 @@ def train_gpt(model_cfg: GPTConfig, train: list[Utterance], held_out: list[Examp
         if progress:
             progress(progress_of(cfg, st), loss)
         if st.step % cfg.eval_every == 0 or done:
-            ev = evaluate(model, held_out)
+            with autocast(cfg.precision):
+                ev = evaluate(model, held_out)
             st.history.append({"step": st.step, "seconds": round(st.seconds, 1), "train_loss": loss, **ev})
             if log:
                 log(st.history[-1])

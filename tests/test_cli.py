@@ -68,6 +68,23 @@ def test_bench_writes_json_markdown_and_plots(ckpt, tmp_path):
     assert sorted(os.listdir(tmp_path / "bench_tiny")) == ["acceptance_per_position.png", "speedup_vs_k.png"]
 
 
+def test_bench_speaks_the_demo_voice_with_a_target_on_its_units(tmp_path):
+    """--gpt with a target trained on the demo's units (here the bundle's own GPT, as a file): the demo's sentences
+    and voice, end to end through its decoder; the bundle's drafts belong to the bundle's target only."""
+    from specdec import demo
+    from specdec.models.checkpoint import save_gpt
+    path = tmp_path / "mine.safetensors"
+    save_gpt(demo.load().gpt, str(path))
+    rc, out, err = run("bench", "--gpt", str(path), "--draft", "int8", "--k", "2", "--tokens", "12", "--requests", "1",
+                       "--repeats", "1", "--warmup", "0", "--no-upstream", "-o", str(tmp_path))
+    assert rc == 0, err
+    res = json.loads((tmp_path / "bench_mine.json").read_text())
+    assert [r["name"] for r in res["rows"]] == ["AR", "int8 k=2"] and res["n_requests"] == 1
+    assert [r["name"] for r in res["end_to_end"]["rows"]] == ["AR", "int8 k=2"]
+    rc, _, err = run("bench", "--gpt", str(path), "--draft", "bundle", "--no-upstream", "-o", str(tmp_path))
+    assert "bundle's own target" in one_error_line(rc, err)
+
+
 def test_sovits_info_and_convert(tmp_path):
     """An upstream v2 .pth (random weights, upstream's own saver) → info → specdec safetensors → same weights."""
     from sovits_oracle import oracle_case

@@ -9,8 +9,8 @@ from specdec.sampling import SamplingParams
 from test_spec import sticky_gpt
 
 
-@pytest.mark.parametrize("kind,n_layer", [("eagle", 1), ("gpt", 1)])
-def test_training_raises_acceptance_and_resumes(tmp_path, kind, n_layer):
+@pytest.mark.parametrize("kind,n_layer,precision", [("eagle", 1, "fp32"), ("gpt", 1, "fp32"), ("eagle", 1, "bf16")])
+def test_training_raises_acceptance_and_resumes(tmp_path, kind, n_layer, precision):
     target = sticky_gpt()
     g = torch.Generator().manual_seed(0)
     reqs = [Request(torch.randint(0, 732, (8,), generator=g), torch.randint(0, 1024, (5,), generator=g),
@@ -18,7 +18,7 @@ def test_training_raises_acceptance_and_resumes(tmp_path, kind, n_layer):
     outs = Engine(target).generate(reqs)  # sequences the target itself generates
     data = [Example(r.phones, torch.cat([r.prompt, o.tokens])) for r, o in zip(reqs, outs)]
     out, work = str(tmp_path / "draft.safetensors"), str(tmp_path / "work")
-    cfg = dict(kind=kind, n_layer=n_layer, batch_tokens=1500, checkpoint_every=30)
+    cfg = dict(kind=kind, n_layer=n_layer, batch_tokens=1500, checkpoint_every=30, precision=precision)
     first = distill(target, data[:50], data[50:], out, work, DistillConfig(steps=60, **cfg))
     resumed = distill(target, data[:50], data[50:], out, work, DistillConfig(steps=150, **cfg))
     assert resumed["alpha_before"] == first["alpha_before"] and resumed["steps"] == 150

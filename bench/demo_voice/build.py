@@ -3,7 +3,8 @@
     python bench/demo_voice/build.py corpus   [--data /work/data/demo] [--sentences N --test-at M --word-sentences W]
     python bench/demo_voice/build.py tokens
     python bench/demo_voice/build.py tokenizer [--tokenizer-steps N]
-    python bench/demo_voice/build.py gpt      [--minutes 40]
+    python bench/demo_voice/build.py gpt      [--minutes 40] [--layers 24 --width 512 --heads 16 --precision bf16
+                                               --name gpt_v2]
     python bench/demo_voice/build.py draft    [--draft-steps N] [--draft-kind eagle|gpt --draft-layers N]
     python bench/demo_voice/build.py bundle   [--out models/demo]
 
@@ -86,12 +87,13 @@ def _utterances(args):
 def gpt_config(args):
     from specdec.models.gpt import GPTConfig
     from specdec.models.tokenizer import N_UNITS
-    return GPTConfig(n_layer=args.layers, d_model=args.width, n_head=args.width // 64, vocab_size=N_UNITS + 1,
-                     phoneme_vocab_size=732)
+    return GPTConfig(n_layer=args.layers, d_model=args.width, n_head=args.heads or args.width // 64,
+                     vocab_size=N_UNITS + 1, phoneme_vocab_size=732)
 
 
 def step_gpt(args) -> None:
-    """Train the target GPT (resumable from --data/ckpt); writes --data/gpt.safetensors (fp32) and gpt_history.json."""
+    """Train the target GPT (resumable from --data/ckpt, or ckpt/NAME with --name NAME); writes --data/NAME.safetensors
+    (fp32) and NAME_history.json (NAME: gpt by default)."""
     import json
 
     import torch
@@ -100,7 +102,9 @@ def step_gpt(args) -> None:
     from specdec.models.checkpoint import save_gpt
     torch.set_num_threads(args.threads)
     train, test = _utterances(args)
-    cfg = GPTTrainConfig(steps=10**9, budget_s=args.minutes * 60, batch_tokens=args.batch_tokens, eval_every=50)
+    cfg = GPTTrainConfig(steps=10**9, budget_s=args.minutes * 60, batch_tokens=args.batch_tokens, eval_every=50,
+                         lr=args.lr, warmup=args.warmup, precision=args.precision)
+    work = os.path.join(args.data, "ckpt", *([] if args.name == "gpt" else [args.name]))
     with _progress() as p:
         task = p.add_task("gpt", total=1000)
 
@@ -110,10 +114,9 @@ def step_gpt(args) -> None:
         def log(row):
             console.print(f"step {row['step']} ({row['seconds']:.0f} s): train {row['train_loss']:.3f}, "
                           f"held-out {row['loss']:.3f} nats, top-1 {row['acc']:.3f}")
-        model, st = train_gpt(gpt_config(args), train, held_out_pairs(test, train), os.path.join(args.data, "ckpt"),
-                              cfg, progress, log)
-    save_gpt(model, os.path.join(args.data, "gpt.safetensors"))
-    with open(os.path.join(args.data, "gpt_history.json"), "w") as f:
+        model, st = train_gpt(gpt_config(args), train, held_out_pairs(test, train), work, cfg, progress, log)
+    save_gpt(model, os.path.join(args.data, f"{args.name}.safetensors"))
+    with open(os.path.join(args.data, f"{args.name}_history.json"), "w") as f:
         json.dump(st.history, f, indent=1)
 
 
@@ -121,7 +124,8 @@ def step_draft(args) -> None:
     """Distil a draft on same-speaker pairs (the inference layout) against the target's warped p at upstream's
     default sampling: the EAGLE draft (--draft-kind eagle; resumable from --data/ckpt/draft, writes
     --data/draft.safetensors) or a small GPT of the target's width started from its first layers (--draft-kind gpt;
-    ckpt/draft_gpt, draft_gpt.safetensors). fp32."""
+    ckpt/draft_gpt, draft_gpt.safetensors); for the target --data/NAME.safetensors other than gpt, the draft's files
+    are prefixed NAME_. --precision as for the GPT."""
     import json
 
     import torch
@@ -131,9 +135,10 @@ def step_draft(args) -> None:
     from specdec.models.checkpoint import load_gpt
     torch.set_num_threads(args.threads)
     train, test = _utterances(args)
-    target = load_gpt(os.path.join(args.data, "gpt.safetensors"))
-    cfg = DistillConfig(kind=args.draft_kind, n_layer=args.draft_layers, steps=args.draft_steps, checkpoint_every=25)
-    name = "draft" if args.draft_kind == "eagle" else "draft_gpt"
+    target = load_gpt(os.path.join(args.data, f"{args.name}.safetensors"))
+    cfg = DistillConfig(kind=args.draft_kind, n_layer=args.draft_layers, steps=args.draft_steps, checkpoint_every=25,
+                        precision=args.precision)
+    name = ("" if args.name == "gpt" else f"{args.name}_") + ("draft" if args.draft_kind == "eagle" else "draft_gpt")
     with _progress() as p:
         task = p.add_task(name, total=cfg.steps)
         report = distill(target, *voicebuild.pair_examples(train, test), os.path.join(args.data, f"{name}.safetensors"),
@@ -194,6 +199,12 @@ def main(argv=None) -> int:
     ap.add_argument("--width", type=int, default=256)
     ap.add_argument("--minutes", type=float, default=52, help="GPT training budget (CPU seconds of its own steps)")
     ap.add_argument("--batch-tokens", type=int, default=4000)
+    ap.add_argument("--heads", type=int, default=None, help="GPT attention heads (default: width / 64)")
+    ap.add_argument("--lr", type=float, default=1e-3, help="GPT peak learning rate")
+    ap.add_argument("--warmup", type=int, default=100, help="GPT warm-up steps")
+    ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                    help="GPT and draft training matmuls (bf16: CPU autocast, for the larger shapes)")
+    ap.add_argument("--name", default="gpt", help="the target GPT's file and checkpoint name under --data")
     ap.add_argument("--draft-kind", choices=["eagle", "gpt"], default="eagle")
     ap.add_argument("--draft-layers", type=int, default=1)
     ap.add_argument("--draft-steps", type=int, default=500)
