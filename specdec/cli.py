@@ -38,7 +38,8 @@ def _add_synth(sub) -> None:
     p.add_argument("--sovits", help="SoVITS file (upstream .pth or specdec .safetensors)")
     p.add_argument("--voice", help="voice folder (specdec voice create), or a built-in speaker's name")
     p.add_argument("--draft", help="bundle (the bundle's trained draft), GPT/EAGLE file, layerskip:N, int8[:N] (an "
-                                   "int8 copy of the GPT), ngram or none (default: the bundle's choice for the mode)")
+                                   "int8 copy of the GPT), int8:FILE (of a draft file), ngram or none (default: the "
+                                   "bundle's choice for the mode)")
     p.add_argument("--k", type=int, default=None, help="drafts per round (default: the bundle's for the mode, else 4)")
     p.add_argument("--adaptive", action="store_true", help="pick k per round from observed acceptance")
     # sampling defaults: the demo bundle's generation.json (its model card says why), else upstream's 15, 1, 1, 1.35
@@ -61,7 +62,7 @@ def _resolve_draft(spec, bundle_draft):
         return bundle_draft
     if spec == "none":
         return None
-    return spec  # a path, layerskip:N, int8[:N] or ngram (the engine resolves and validates it)
+    return spec  # a path, layerskip:N, int8[:N|:FILE] or ngram (the engine resolves and validates it)
 
 
 def cmd_synth(args) -> None:
@@ -165,8 +166,8 @@ def _add_bench(sub) -> None:
     p.add_argument("--demo", action="store_true",
                    help="the bundled demo voice (the default): real sentences, its draft, plus end-to-end figures")
     p.add_argument("--draft", action="append", default=None,
-                   help="draft to sweep: a GPT/EAGLE file, layerskip:N, int8[:N], ngram, bundle (the demo's EAGLE "
-                        "draft), bundle-gpt (its small GPT draft) or either + '-int8' (repeatable)")
+                   help="draft to sweep: a GPT/EAGLE file, layerskip:N, int8[:N|:FILE], ngram, bundle (the demo's "
+                        "EAGLE draft), bundle-gpt (its small GPT draft) or either + '-int8' (repeatable)")
     p.add_argument("--k", default="2,4,6,8", help="comma-separated draft lengths to sweep")
     p.add_argument("--tokens", type=int, default=150, help="max new tokens per request")
     p.add_argument("--requests", type=int, default=2, help="requests in the fixed set")
@@ -230,8 +231,10 @@ def cmd_bench(args) -> None:
                 draft = quantize_gpt(draft) if d.startswith("bundle-gpt") else quantize_eagle(draft)
             drafts[BUNDLE_DRAFTS[d]] = draft
         else:
-            # layerskip:N, ngram[:N] or a file (its row named by the file name): the engine resolves and validates it
-            drafts[os.path.basename(d) if os.path.isfile(d) else d] = d
+            # layerskip:N, int8[:N|:FILE], ngram[:N] or a file: the engine resolves and validates it; a file's row
+            # is named by its file name
+            path = d.removeprefix("int8:")
+            drafts[d.replace(path, os.path.basename(path))] = d
     upstream = not args.no_upstream and _upstream_importable()
     n_configs = 1 + len(drafts) * len(ks) + upstream + args.eco
     console = Console(stderr=True)

@@ -387,8 +387,9 @@ def lookup(history: list[int], k: int, max_ngram: int) -> list[int]:
 
 
 def make_drafter(draft, target: GPT) -> Drafter | None:
-    """None | Drafter | GPT | EagleDraft | path to either | "layerskip:N" | "int8" | "int8:N" | "ngram" | "ngram:N"
-    → a Drafter. A quantised GPT (specdec.models.int8.quantize_gpt) drafts like any other."""
+    """None | Drafter | GPT | EagleDraft | path to either | "layerskip:N" | "int8" | "int8:N" | "int8:PATH" | "ngram"
+    | "ngram:N" → a Drafter. "int8:PATH" is an int8 copy of the draft in that file; a quantised GPT
+    (specdec.models.int8.quantize_gpt) drafts like any other."""
     if draft is None or isinstance(draft, Drafter):
         return draft
     from specdec.models.eagle import EagleDraft, is_eagle_file, load_eagle
@@ -405,13 +406,19 @@ def make_drafter(draft, target: GPT) -> Drafter | None:
                     raise SpecdecError(f"layerskip:{n} needs 1 <= N < {target.cfg.n_layer} (the target's layers)")
                 return SharedPagesDrafter(target, n, handoff=True)
             if kind == "int8":
-                from specdec.models.int8 import quantize_gpt
+                from specdec.models.int8 import quantize_eagle, quantize_gpt
+                if arg and not arg.isdigit():  # a draft file's int8 copy
+                    d = make_drafter(arg, target)
+                    if not isinstance(d, (GPTDrafter, EagleDrafter)):
+                        raise SpecdecError(f"int8:{arg}: expected a GPT or EAGLE draft file")
+                    quantize = quantize_eagle if isinstance(d, EagleDrafter) else quantize_gpt
+                    return make_drafter(quantize(d.model), target)
                 q = quantize_gpt(target, int(arg) if arg else None)
                 return SharedPagesDrafter(q, q.cfg.n_layer, handoff=False)
             if kind == "ngram":
                 return NgramDrafter(target.cfg.vocab_size, int(arg) if arg else 3)
         except ValueError:
-            raise SpecdecError(f"bad draft spec {draft!r}: expected layerskip:N, int8[:N] or ngram[:N]") from None
+            raise SpecdecError(f"bad draft spec {draft!r}: expected layerskip:N, int8[:N|:FILE] or ngram[:N]") from None
         from specdec.models.checkpoint import load_gpt
         if is_eagle_file(draft):
             return EagleDrafter(load_eagle(draft, target.cfg), target)

@@ -82,6 +82,24 @@ def test_int8_drafts_keep_greedy_tokens(target):
             assert engine.pool.num_free == engine.pool.num_blocks
 
 
+def test_int8_copy_of_a_draft_file_drafts_exactly(target, tmp_path):
+    """`int8:FILE`: the draft in FILE (a GPT or an EAGLE head) with its block matmuls in int8."""
+    from specdec.drafters import EagleDrafter, GPTDrafter, make_drafter
+    from specdec.models.eagle import EagleConfig, EagleDraft, save_eagle
+    torch.manual_seed(5)
+    eagle = EagleDraft(EagleConfig(d_model=target.cfg.d_model, n_layer=1, n_head=target.cfg.n_head))
+    save_eagle(eagle, str(tmp_path / "eagle.safetensors"), target.cfg)
+    save_gpt(tiny_gpt(2, 64, 4, seed=9), str(tmp_path / "gpt.safetensors"))
+    ref = Engine(target).generate(requests(2))
+    for name, kind in (("eagle", EagleDrafter), ("gpt", GPTDrafter)):
+        d = make_drafter(f"int8:{tmp_path / name}.safetensors", target)
+        assert isinstance(d, kind) and all(isinstance(b.qkv, Int8Linear) for b in d.model.layers)
+        for o, r in zip(Engine(target, d, k=3).generate(requests(2)), ref):
+            assert torch.equal(o.tokens, r.tokens) and o.stats.num_drafts > 0 and not o.stats.lossy
+    with pytest.raises(SpecdecError, match="GPT or EAGLE draft file"):
+        make_drafter("int8:ngram", target)
+
+
 def test_int8_copy_of_the_target_accepts_almost_everything(target):
     st = Engine(target, "int8", k=4).generate(requests(1, params=SamplingParams(max_new_tokens=60, seed=3)))[0].stats
     assert st.num_drafts > 0 and st.draft_acceptance_rate > 0.8
