@@ -224,10 +224,16 @@ def floor_text(f: dict, upstream_ms: float) -> str:
 ECO = "eco AR (int8 target, lossy)"
 
 
+def eco_draft_names(names: list[str]) -> list[str]:
+    """The drafts the bench also runs over the eco target: all but int8 copies of the target (`int8`, `int8:N`)."""
+    return [d for d in names if d != "int8" and not (d.startswith("int8:") and d[5:].isdigit())]
+
+
 def spec_sweep(target, drafts: dict, ks: list[int], requests: list, repeats: int = 3, warmup: int = 1,
                upstream: bool = False, eco: bool = False, progress=None) -> dict:
-    """tokens/s and acceptance of specdec AR, upstream (optional), the int8 target alone (`eco`, lossy: its rows
-    carry lossy=True) and every (draft, k), interleaved."""
+    """tokens/s and acceptance of specdec AR, upstream (optional) and every (draft, k), interleaved; with `eco` also
+    the int8 target alone and every (draft, k) over it (lossy: their rows carry lossy=True; int8 copies of the target
+    are left out there, the eco target being one already)."""
     from specdec.engine import Engine
     stats: dict[str, list] = {}
 
@@ -242,9 +248,16 @@ def spec_sweep(target, drafts: dict, ks: list[int], requests: list, repeats: int
     for dname, draft in drafts.items():
         for k in ks:
             contenders[f"{dname} k={k}"] = runner(Engine(target, draft, k=k), f"{dname} k={k}")
+    eco_drafts = []
     if eco:
         from specdec.models.int8 import quantize_gpt
-        contenders[ECO] = runner(Engine(quantize_gpt(target)), ECO)
+        eco_target = quantize_gpt(target)
+        contenders[ECO] = runner(Engine(eco_target), ECO)
+        eco_drafts = eco_draft_names(list(drafts))
+        for dname in eco_drafts:
+            for k in ks:
+                name = f"eco {dname} k={k}"
+                contenders[name] = runner(Engine(eco_target, drafts[dname], k=k), name)
     if upstream:
         from specdec.upstream import upstream_t2s
         up = upstream_t2s(target.cfg, target.state_dict())
@@ -278,7 +291,7 @@ def spec_sweep(target, drafts: dict, ks: list[int], requests: list, repeats: int
                        lossy=merged.lossy)
         rows.append(row)
     return {"machine": machine(), "target": target.cfg.to_dict(), "ks": ks, "drafts": list(drafts),
-            "n_requests": len(requests), "rows": rows}
+            "eco_drafts": eco_drafts, "n_requests": len(requests), "rows": rows}
 
 
 # ---- end to end: text → audio through the pipeline, streaming -------------------------------------------------
@@ -355,9 +368,10 @@ def plots(res: dict, outdir: str) -> list[str]:
     rows = {r["name"]: r for r in res["rows"]}
     paths = []
     fig, ax = plt.subplots(figsize=(6, 4))
-    for d in res["drafts"]:
+    for d in res["drafts"] + [f"eco {d}" for d in res.get("eco_drafts", [])]:
         ks = [k for k in res["ks"] if f"{d} k={k}" in rows]
-        ax.plot(ks, [rows[f"{d} k={k}"]["speedup_vs_AR"] for k in ks], marker="o", label=d)
+        ax.plot(ks, [rows[f"{d} k={k}"]["speedup_vs_AR"] for k in ks], marker="o", label=d,
+                ls="--" if d.startswith("eco ") else "-")
     if "upstream infer_panel_naive" in rows:
         ax.axhline(rows["upstream infer_panel_naive"]["speedup_vs_AR"], color="grey", ls="--", label="upstream")
     if ECO in rows:

@@ -174,7 +174,8 @@ def _add_bench(sub) -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--no-upstream", action="store_true", help="skip upstream infer_panel_naive")
-    p.add_argument("--eco", action="store_true", help="also time the int8 target alone (eco mode, lossy)")
+    p.add_argument("--eco", action="store_true",
+                   help="also time the int8 target (eco mode, lossy) alone and with every draft but int8 copies")
     p.add_argument("-o", "--out", default="bench/results", help="folder for JSON, Markdown and PNG plots")
     p.set_defaults(func=cmd_bench)
 
@@ -236,7 +237,8 @@ def cmd_bench(args) -> None:
             path = d.removeprefix("int8:")
             drafts[d.replace(path, os.path.basename(path))] = d
     upstream = not args.no_upstream and _upstream_importable()
-    n_configs = 1 + len(drafts) * len(ks) + upstream + args.eco
+    n_eco = (1 + len(bench.eco_draft_names(list(drafts))) * len(ks)) if args.eco else 0
+    n_configs = 1 + len(drafts) * len(ks) + upstream + n_eco
     console = Console(stderr=True)
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task("bench", total=n_configs * (args.repeats + args.warmup))
@@ -246,7 +248,8 @@ def cmd_bench(args) -> None:
         res = bench.spec_sweep(target, drafts, ks, requests, args.repeats, args.warmup, upstream, args.eco, step)
         if bundle is not None:  # end to end: AR against the fastest exact configuration, both streaming
             from specdec.pipeline import TTS
-            best = max((r for r in res["rows"] if " k=" in r["name"]), key=lambda r: r["speedup_vs_AR"])
+            best = max((r for r in res["rows"] if " k=" in r["name"] and not r.get("lossy")),
+                       key=lambda r: r["speedup_vs_AR"])
             dname, k = best["name"].rsplit(" k=", 1)
             configs = {"AR": TTS(target, bundle.decoder, bundle.frontend),
                        best["name"]: TTS(target, bundle.decoder, bundle.frontend, draft=drafts[dname], k=int(k))}

@@ -140,12 +140,13 @@ def test_bench_times_int8_drafts_and_labels_the_eco_target_lossy(tmp_path):
     from test_cli import run
     ckpt = tmp_path / "tiny.ckpt"
     torch.save(upstream_checkpoint(tiny_gpt(2, 32, 2)), ckpt)
-    rc, _, err = run("bench", "--gpt", str(ckpt), "--draft", "int8", "--k", "2", "--tokens", "12", "--requests", "1",
-                     "--repeats", "1", "--no-upstream", "--eco", "-o", str(tmp_path))
+    rc, _, err = run("bench", "--gpt", str(ckpt), "--draft", "int8", "--draft", "layerskip:1", "--k", "2", "--tokens",
+                     "12", "--requests", "1", "--repeats", "1", "--no-upstream", "--eco", "-o", str(tmp_path))
     assert rc == 0, err
     rows = {r["name"]: r for r in json.loads((tmp_path / "bench_tiny.json").read_text())["rows"]}
-    assert set(rows) == {"AR", "int8 k=2", "eco AR (int8 target, lossy)"}
-    assert rows["eco AR (int8 target, lossy)"]["lossy"] and not rows["int8 k=2"]["lossy"]
+    # every draft over the eco target too, but the int8 copy (the eco target is one already)
+    assert set(rows) == {"AR", "int8 k=2", "layerskip:1 k=2", "eco AR (int8 target, lossy)", "eco layerskip:1 k=2"}
+    assert all(rows[n]["lossy"] == n.startswith("eco") for n in rows)
     assert "**LOSSY**" in (tmp_path / "bench_tiny.md").read_text()
 
 
