@@ -292,6 +292,9 @@ def _add_distill(sub) -> None:
     p.add_argument("--layers", type=int, default=1)
     p.add_argument("--width", type=int, default=None, help="gpt drafts: width (default: the target's)")
     p.add_argument("--steps", type=int, default=1000)
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                   help="training steps' matmuls; bf16 (a CPU autocast) is ~3x faster where the CPU has AMX or "
+                        "AVX512-BF16; acceptance is measured in fp32 either way")
     p.add_argument("--voice", help="voice folder (or a demo speaker's name) whose prompt the target continues")
     p.add_argument("--language", default="en")
     p.add_argument("--max-tokens", type=int, default=500, help="cap on each generated sequence")
@@ -348,7 +351,8 @@ def cmd_distill(args) -> None:
                 progress.advance(task, len(reqs))
         weights.save_checkpoint([{"phones": e.phones, "tokens": e.tokens} for e in examples], data_path)
     n_held = max(1, len(examples) // 10)
-    cfg = distill.DistillConfig(kind=args.kind, n_layer=args.layers, d_model=args.width, steps=args.steps)
+    cfg = distill.DistillConfig(kind=args.kind, n_layer=args.layers, d_model=args.width, steps=args.steps,
+                                precision=args.precision)
     with Progress(*columns, TextColumn("loss {task.fields[loss]:.3f}"), console=console, transient=True) as progress:
         task = progress.add_task(f"distilling {args.kind}", total=args.steps, loss=float("nan"))
         report = distill.distill(target, examples[:-n_held], examples[-n_held:], args.out, work, cfg,
