@@ -19,9 +19,11 @@ BUNDLE_DRAFTS = {"bundle": "demo draft", "bundle-int8": "demo draft int8", "bund
 
 MODES = {  # presets; explicit options override them, and a bundle's generation.json the fast / eco drafting
     "quality": dict(draft="none", stream=False),  # the full decoder, offline, no speculation needed
-    "fast": dict(draft="bundle", stream=True),  # speculation + streaming (+ the bundle's fast decoder)
+    # speculation + streaming (+ the bundle's fast decoder). A model set without a bundled draft drafts with an int8
+    # copy of its GPT: exact, no file to train, the fastest draft measured at the v2 shape (k = 4, README)
+    "fast": dict(draft="bundle", stream=True, unbundled="int8"),
     # fast + the GPT's block matmuls in int8: LOSSY, tokens follow an approximation of the model (labelled as such)
-    "eco": dict(draft="bundle", stream=True, quantize=True),
+    "eco": dict(draft="bundle", stream=True, quantize=True, unbundled="none"),
 }
 
 
@@ -29,8 +31,9 @@ def _add_synth(sub) -> None:
     p = sub.add_parser("synth", help="text → speech; prints acceptance statistics",
                        description="Synthesise TEXT. With no model options the bundled demo voice speaks. "
                                    "--mode presets: quality = no speculation, offline decode; fast = the "
-                                   "bundle's fastest exact draft + streaming decode; eco = streaming with an int8 GPT "
-                                   "(lossy: the output is labelled so) and the bundle's draft. "
+                                   "bundle's fastest exact draft (a model set's own: an int8 copy of its GPT) + "
+                                   "streaming decode; eco = streaming with an int8 GPT (lossy: the output is labelled "
+                                   "so) and the bundle's draft. "
                                    "Explicit options override a preset.")
     p.add_argument("text")
     p.add_argument("-o", "--out", default="out.wav", help="output wav (written only when synthesis succeeds)")
@@ -59,6 +62,9 @@ def _add_synth(sub) -> None:
 
 def _resolve_draft(spec, bundle_draft):
     if spec == "bundle":
+        if bundle_draft is None:
+            raise SpecdecError("--draft bundle: this model set has no bundled draft (give a file, int8, "
+                               "layerskip:N or ngram)")
         return bundle_draft
     if spec == "none":
         return None
@@ -86,8 +92,10 @@ def cmd_synth(args) -> None:
         from specdec.models.int8 import quantize_gpt
         gpt = quantize_gpt(gpt)
     drafting = generation.get(args.mode, {})  # the bundle's measured draft and k for this mode
-    draft = _resolve_draft(args.draft if args.draft is not None else drafting.get("draft", preset["draft"]),
-                           bundle_draft)
+    spec = args.draft if args.draft is not None else drafting.get("draft", preset["draft"])
+    if args.draft is None and spec == "bundle" and bundle_draft is None:
+        spec = preset["unbundled"]
+    draft = _resolve_draft(spec, bundle_draft)
     stream = preset["stream"] if args.stream is None else args.stream
     tts = TTS(gpt, decoder, frontend, draft=draft, k=args.k or drafting.get("k", 4), adaptive=args.adaptive)
     frontend.read(args.text, args.language or voice.language)  # a text it cannot read fails now, not after warm-up
