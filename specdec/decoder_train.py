@@ -168,7 +168,8 @@ def train(train_utts: list[Utterance], test_utts: list[Utterance], work_dir: str
     ckpt = os.path.join(work_dir, "ckpt.pt")
     torch.manual_seed(cfg.seed)
     net = TokenToMel(model_cfg)
-    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, betas=(0.9, 0.98), weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, betas=(0.9, 0.98), weight_decay=cfg.weight_decay,
+                            fused=True)
     step, log = 0, []
     if os.path.isfile(ckpt):
         state = weights.load_checkpoint(ckpt)

@@ -185,7 +185,8 @@ def distill(target: GPT, train: list[Example], held_out: list[Example], out_path
     torch.manual_seed(cfg.seed)
     target.eval().requires_grad_(False)
     draft = new_draft(target, cfg)
-    opt = torch.optim.AdamW(draft.parameters(), lr=cfg.lr, betas=(0.9, 0.98), weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW(draft.parameters(), lr=cfg.lr, betas=(0.9, 0.98), weight_decay=cfg.weight_decay,
+                            fused=True)
     os.makedirs(work_dir, exist_ok=True)
     ckpt_path = os.path.join(work_dir, f"distill_{cfg.kind}.pt")
     step, history = 0, []

@@ -173,7 +173,9 @@ def train_gpt(model_cfg: GPTConfig, train: list[Utterance], held_out: list[Examp
     """Train (or resume) a GPT; returns the model (eval mode) and the state with the held-out history."""
     torch.manual_seed(cfg.seed)
     model = GPT(model_cfg)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.98), weight_decay=cfg.weight_decay)
+    # fused: one kernel over all parameters instead of a Python loop of ops (6% of a v2 bf16 training step)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.98), weight_decay=cfg.weight_decay,
+                            fused=True)
     os.makedirs(work_dir, exist_ok=True)
     ckpt = os.path.join(work_dir, "gpt_train.pt")
     st = TrainState()

@@ -55,7 +55,7 @@ def train_tokenizer(data_dir: str, clips: list[Clip], tokens: dict[str, torch.Te
     with torch.random.fork_rng():  # a reproducible init without touching the caller's generator
         torch.manual_seed(seed)
         tok = Tokenizer()
-    opt = torch.optim.AdamW(tok.parameters(), lr=2e-3, weight_decay=0.01)
+    opt = torch.optim.AdamW(tok.parameters(), lr=2e-3, weight_decay=0.01, fused=True)
     ckpt = work_dir and os.path.join(work_dir, "tokenizer.pt")
     step = 0
     if ckpt and os.path.isfile(ckpt):
