@@ -1,14 +1,15 @@
 """Speculative decoding on the demo voice, measured with the real engine on the held-out sentences.
 
     python bench/demo_voice/measure.py [--bundle models/demo] [--data /work/data/demo] [--k 2,3,4,6] [--threads 1]
-                                       [--draft bundle|int8|ngram|...] [-o out.json]
+                                       [--draft bundle|int8|ngram|FILE|...] [--gpt FILE] [-o out.json]
 
 Each held-out sentence is spoken by its own speaker's built-in voice (the inference layout: the voice's transcript
 + the sentence as text, the voice's tokens as prompt), at upstream's default sampling (top_k 15, top_p 1, T 1,
 repetition penalty 1.35), autoregressively and with the draft (the bundle's own by default) at each k, one request
 at a time, in alternating order, same seed. Reports mean acceptance length, acceptance rate, GPT tokens/s of both
 paths, the speedup, and the generated/true length ratio (alignment sanity: a model that lost the text runs long or
-stops early).
+stops early). `--gpt` puts another target trained on the demo's units in the bundle's target's place (a v2-shape
+one: build.py gpt --name gpt_v2 ...), drafted for by a draft file or spec.
 """
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ def main(argv=None) -> int:
     ap.add_argument("--data", default="/work/data/demo", help="corpus folder (manifest + tokens)")
     ap.add_argument("--k", default="4", help="comma-separated draft lengths")
     ap.add_argument("--draft", default="bundle", help="bundle (its EAGLE draft), or a draft spec: int8, ngram, ...")
+    ap.add_argument("--gpt", default=None, help="a target GPT file on the demo's units instead of the bundle's")
     ap.add_argument("--n", type=int, default=60, help="held-out sentences to use")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (the CLI uses one per core)")
     ap.add_argument("-o", "--out", default=None, help="JSON results")
@@ -46,6 +48,12 @@ def main(argv=None) -> int:
     clips = [c for c in clips if c.speaker in bundle.voices][:args.n]
     true_len = voicebuild.load_tokens(args.data)
     runs = ["ar"] + [f"k{k}" for k in ks]
+    target = bundle.gpt
+    if args.gpt:
+        from specdec.models.checkpoint import load_gpt
+        target = load_gpt(args.gpt)
+        if args.draft == "bundle":
+            sys.exit("--draft bundle drafts for the bundle's own target only: give a draft for --gpt")
     drafter = bundle.draft if args.draft == "bundle" else args.draft
     stats = {r: SpecStats() for r in runs}
     secs = dict.fromkeys(runs, 0.0)
@@ -60,13 +68,14 @@ def main(argv=None) -> int:
             for r in order:
                 draft, k = (None, 1) if r == "ar" else (drafter, int(r[1:]))
                 t = time.perf_counter()
-                out = generate(bundle.gpt, phones, v.tokens, draft=draft, k=k, seed=1000 + i)
+                out = generate(target, phones, v.tokens, draft=draft, k=k, seed=1000 + i)
                 secs[r] += time.perf_counter() - t
                 stats[r] = stats[r].merge(out.stats)
                 ratios[r].append(out.tokens.numel() / true_len[c.id].numel())
             progress.update(task, advance=1)
     ar_tps = stats["ar"].num_emitted_tokens / secs["ar"]
-    res = {"sentences": len(clips), "draft": args.draft, "sampling": "top_k 15, top_p 1, T 1, repetition_penalty 1.35",
+    res = {"sentences": len(clips), "draft": args.draft, "gpt": args.gpt or "bundle",
+           "sampling": "top_k 15, top_p 1, T 1, repetition_penalty 1.35",
            "threads": torch.get_num_threads(), "load_avg_1min": os.getloadavg()[0],
            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "runs": {}}
     t = Table(title=f"demo voice, {len(clips)} held-out sentences (load {res['load_avg_1min']:.1f})")
