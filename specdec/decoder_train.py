@@ -4,9 +4,10 @@
         --work-dir /work/data/demo/ckpt-decoder --steps 6000 --out models/demo/decoder.safetensors
 
 Inputs: the corpus manifest (JSONL rows with id, speaker, text, wav, split), the semantic tokens of every utterance
-({id: LongTensor [T]} in a safetensors file, 25 Hz), and the texts' phones from the project's front-end (--phones). Each training example is a random crop of `crop` tokens and
-its 4·crop mel frames; the conditioning statistics come from a *different* utterance of the same speaker, so the
-network learns to take the voice from the reference, not from the sentence's own spectrum. Loss: L1 on log-mel.
+({id: LongTensor [T]} in a safetensors file, 25 Hz), and the texts' phones from the project's front-end (--phones).
+Each training example is a random crop of `crop` tokens and its 4·crop mel frames; the conditioning statistics come
+from a *different* utterance of the same speaker, so the network learns to take the voice from the reference, not
+from the sentence's own spectrum. Loss: L1 on log-mel.
 Held-out L1 (split "test", full utterances, each speaker's first training utterance as reference) is logged.
 Checkpoints (model + optimiser + step) go to `work_dir`; re-running resumes.
 """
@@ -147,7 +148,8 @@ def evaluate(net: TokenToMel, test: list[Utterance], refs: dict[str, torch.Tenso
     net.eval()
     total = frames = 0.0
     for u in test:
-        mel = net(u.tokens[None], refs[u.speaker][None], u.phones[None], torch.ones(1, len(u.phones), dtype=torch.bool))[0]
+        mask = torch.ones(1, len(u.phones), dtype=torch.bool)
+        mel = net(u.tokens[None], refs[u.speaker][None], u.phones[None], mask)[0]
         total += F.l1_loss(mel, u.mel, reduction="sum").item() / mel.shape[1]
         frames += mel.shape[0]
     net.train()

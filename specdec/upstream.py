@@ -111,7 +111,8 @@ def upstream_t2s(cfg: GPTConfig, state: dict[str, torch.Tensor] | None = None) -
     """An upstream Text2SemanticDecoder of this shape, with specdec-named weights `state` if given."""
     T2S = import_upstream("AR.models.t2s_model").Text2SemanticDecoder
     config = {"model": {"hidden_dim": cfg.d_model, "embedding_dim": cfg.d_model, "head": cfg.n_head,
-                        "n_layer": cfg.n_layer, "vocab_size": cfg.vocab_size, "phoneme_vocab_size": cfg.phoneme_vocab_size,
+                        "n_layer": cfg.n_layer, "vocab_size": cfg.vocab_size,
+                        "phoneme_vocab_size": cfg.phoneme_vocab_size,
                         "dropout": 0, "EOS": cfg.eos}}
     model = T2S(config, top_k=3)
     if state is not None:

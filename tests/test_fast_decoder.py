@@ -57,8 +57,8 @@ def test_mel_of_a_window_is_exactly_the_slice_of_the_whole(decoder):
 
 def test_streamed_audio_matches_one_shot_spectrum(decoder):
     """Chunks differ from the one-shot decode only in Griffin-Lim's phase near chunk edges: the magnitude
-    spectrogram of the streamed audio stays within 5% (relative L1; 1e-4 measured on this case) of the one-shot one, while a different voice
-    on the same tokens is much further away."""
+    spectrogram of the streamed audio stays within 5% (relative L1; 1e-4 measured on this case) of the one-shot one,
+    while a different voice on the same tokens is much further away."""
     tokens, voice = _tokens(80), _voice()
     one_shot = decoder.decode(tokens, PHONES, voice)
     rounds = [tokens[i:i + 5].tolist() for i in range(0, 80, 5)]
@@ -108,8 +108,8 @@ def test_weights_round_trip_fp16(decoder, tmp_path):
     loaded = load_fast_decoder(path)
     assert loaded.cfg == decoder.cfg
     tokens, voice = _tokens(20), _voice()
-    torch.testing.assert_close(FastDecoder(loaded).mel(tokens, PHONES, voice, 0, 20), decoder.mel(tokens, PHONES, voice, 0, 20),
-                               atol=0.05, rtol=0.01)
+    torch.testing.assert_close(FastDecoder(loaded).mel(tokens, PHONES, voice, 0, 20),
+                               decoder.mel(tokens, PHONES, voice, 0, 20), atol=0.05, rtol=0.01)
     (tmp_path / "junk.safetensors").write_bytes(b"not a checkpoint")
     with pytest.raises(SpecdecError, match="junk"):
         load_fast_decoder(str(tmp_path / "junk.safetensors"))

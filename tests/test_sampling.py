@@ -20,8 +20,9 @@ def _upstream_probs(logits, prev, ban_eos, **kw):
     return torch.cat([probs, torch.zeros(1)]) if ban_eos else probs, argmax_eos
 
 
-@pytest.mark.parametrize("top_k,top_p,temperature,rp", [(15, 1.0, 1.0, 1.35), (5, 0.8, 0.7, 1.35), (None, 0.6, 1.3, 1.0),
-                                                        (1, 1.0, 1.0, 2.0), (50, 0.95, 0.0, 1.1)])
+@pytest.mark.parametrize("top_k,top_p,temperature,rp", [(15, 1.0, 1.0, 1.35), (5, 0.8, 0.7, 1.35),
+                                                        (None, 0.6, 1.3, 1.0), (1, 1.0, 1.0, 2.0),
+                                                        (50, 0.95, 0.0, 1.1)])
 @pytest.mark.parametrize("ban_eos", [False, True])
 def test_warp_equals_upstream_logits_to_probs(top_k, top_p, temperature, rp, ban_eos):
     g = torch.Generator().manual_seed(hash((top_k, top_p, temperature, ban_eos)) % 2**31)
