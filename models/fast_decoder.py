@@ -188,8 +188,8 @@ def griffin_lim(mag: torch.Tensor, n_iter: int, first_frame: int = 0, momentum: 
     for _ in range(n_iter):
         wav = torch.istft(mag * angles, N_FFT, HOP, window=window, center=True, length=length)
         rebuilt = torch.stft(wav, N_FFT, HOP, window=window, center=True, return_complex=True)[:, :mag.shape[1]]
-        angles = rebuilt - (momentum / (1 + momentum)) * previous
-        angles = angles / angles.abs().clamp(min=1e-8)
+        # z / |z| in one op (0 where z is 0): the complex abs, clamp and divide took ~20% of a decode
+        angles = torch.sgn(rebuilt.sub(previous, alpha=momentum / (1 + momentum)))
         previous = rebuilt
     return torch.istft(mag * angles, N_FFT, HOP, window=window, center=True, length=length)
 
