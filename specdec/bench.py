@@ -226,7 +226,8 @@ ECO = "eco AR (int8 target, lossy)"
 
 def eco_draft_names(names: list[str]) -> list[str]:
     """The drafts the bench also runs over the eco target: all but int8 copies of the target (`int8`, `int8:N`)."""
-    return [d for d in names if d != "int8" and not (d.startswith("int8:") and d[5:].isdigit())]
+    from specdec.drafters import int8_copy_of_target
+    return [d for d in names if not int8_copy_of_target(d)]
 
 
 def spec_sweep(target, drafts: dict, ks: list[int], requests: list, repeats: int = 3, warmup: int = 1,

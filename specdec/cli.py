@@ -288,6 +288,7 @@ def _upstream_importable() -> bool:
 
 
 def _add_distill(sub) -> None:
+    from specdec.gpt_train import PRECISIONS
     p = sub.add_parser("distill", help="train a draft on the target's own warped distributions (resumable)",
                        description="The target generates a sequence for every line of --texts (upstream default "
                                    "sampling, prompted by --voice if given); a draft then learns the target's warped "
@@ -300,7 +301,7 @@ def _add_distill(sub) -> None:
     p.add_argument("--layers", type=int, default=1)
     p.add_argument("--width", type=int, default=None, help="gpt drafts: width (default: the target's)")
     p.add_argument("--steps", type=int, default=1000)
-    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="training steps' matmuls; bf16 (a CPU autocast) is ~3x faster where the CPU has AMX or "
                         "AVX512-BF16; acceptance is measured in fp32 either way")
     p.add_argument("--voice", help="voice folder (or a demo speaker's name) whose prompt the target continues")

@@ -386,6 +386,12 @@ def lookup(history: list[int], k: int, max_ngram: int) -> list[int]:
     return []
 
 
+def int8_copy_of_target(spec: str) -> bool:
+    """Whether a draft spec is an int8 copy of the target itself ("int8", "int8:N"), not of a draft file."""
+    kind, _, arg = spec.partition(":")
+    return kind == "int8" and (not arg or arg.isdigit())
+
+
 def make_drafter(draft, target: GPT) -> Drafter | None:
     """None | Drafter | GPT | EagleDraft | path to either | "layerskip:N" | "int8" | "int8:N" | "int8:PATH" | "ngram"
     | "ngram:N" → a Drafter. "int8:PATH" is an int8 copy of the draft in that file; a quantised GPT
@@ -407,7 +413,7 @@ def make_drafter(draft, target: GPT) -> Drafter | None:
                 return SharedPagesDrafter(target, n, handoff=True)
             if kind == "int8":
                 from specdec.models.int8 import quantize_eagle, quantize_gpt
-                if arg and not arg.isdigit():  # a draft file's int8 copy
+                if not int8_copy_of_target(draft):  # a draft file's int8 copy
                     d = make_drafter(arg, target)
                     if not isinstance(d, (GPTDrafter, EagleDrafter)):
                         raise SpecdecError(f"int8:{arg}: expected a GPT or EAGLE draft file")

@@ -143,9 +143,12 @@ def evaluate(model: GPT, examples: list[Example], batch: int = 16) -> dict:
     return {"loss": tot / max(n, 1), "acc": hit / max(n, 1)}
 
 
+PRECISIONS = ("fp32", "bf16")  # of training steps (GPT, drafts); see `autocast`
+
+
 def autocast(precision: str):
     """The training forward's precision: "fp32", or "bf16" (a CPU autocast; weights and optimiser stay fp32)."""
-    if precision not in ("fp32", "bf16"):
+    if precision not in PRECISIONS:
         raise ValueError(f"precision must be fp32 or bf16, not {precision!r}")
     return torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
 

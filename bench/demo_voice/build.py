@@ -184,6 +184,7 @@ STEPS = {"corpus": step_corpus, "tokens": step_tokens, "tokenizer": step_tokeniz
 
 
 def main(argv=None) -> int:
+    from specdec.gpt_train import PRECISIONS
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("step", choices=list(STEPS))
     ap.add_argument("--data", default="/work/data/demo", help="working folder (corpus, tokens, checkpoints)")
@@ -202,7 +203,7 @@ def main(argv=None) -> int:
     ap.add_argument("--heads", type=int, default=None, help="GPT attention heads (default: width / 64)")
     ap.add_argument("--lr", type=float, default=1e-3, help="GPT peak learning rate")
     ap.add_argument("--warmup", type=int, default=100, help="GPT warm-up steps")
-    ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+    ap.add_argument("--precision", choices=PRECISIONS, default="fp32",
                     help="GPT and draft training matmuls (bf16: CPU autocast, for the larger shapes)")
     ap.add_argument("--name", default="gpt", help="the target GPT's file and checkpoint name under --data")
     ap.add_argument("--draft-kind", choices=["eagle", "gpt"], default="eagle")
