@@ -94,7 +94,7 @@ def _attention_kernel(q_ptr, k_cache_ptr, v_cache_ptr, out_ptr, part_acc_ptr, pa
     if DOT_FP32:
         q = q.to(tl.float32)
     m = tl.full([BLOCK_Q], float("-inf"), tl.float32)
-    l = tl.zeros([BLOCK_Q], tl.float32)
+    row_sum = tl.zeros([BLOCK_Q], tl.float32)
     acc = tl.zeros([BLOCK_Q, BLOCK_D], tl.float32)
     bt_row = block_table_ptr + b * s_bt
     for t0 in range(kv_start, kv_end, TILE_N):
@@ -116,18 +116,18 @@ def _attention_kernel(q_ptr, k_cache_ptr, v_cache_ptr, out_ptr, part_acc_ptr, pa
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row with no visible key yet: avoid -inf - -inf
         p = tl.math.exp2(s - m_safe[:, None])
         alpha = tl.math.exp2(m - m_safe)
-        l = l * alpha + tl.sum(p, 1)
+        row_sum = row_sum * alpha + tl.sum(p, 1)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
         m = m_new
 
     if NUM_SPLITS == 1:
-        out = acc / tl.where(l == 0.0, 1.0, l)[:, None]  # l == 0 only on padding rows, which are not stored
+        out = acc / tl.where(row_sum == 0.0, 1.0, row_sum)[:, None]  # 0 only on padding rows, which are not stored
         tl.store(out_ptr + tok[:, None] * s_ot + h * s_oh + d[None, :] * s_od,
                  out.to(out_ptr.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
     else:
         part = (tok * n_head + h) * NUM_SPLITS + split  # [BQ] index into the [T, H, NUM_SPLITS] partials
         tl.store(part_m_ptr + part, m, mask=row_ok)
-        tl.store(part_l_ptr + part, l, mask=row_ok)
+        tl.store(part_l_ptr + part, row_sum, mask=row_ok)
         tl.store(part_acc_ptr + part[:, None] * BLOCK_D + d[None, :], acc, mask=row_ok[:, None])
 
 
@@ -144,14 +144,14 @@ def _reduce_kernel(out_ptr, part_acc_ptr, part_m_ptr, part_l_ptr, n_head, head_d
     hs_ok = (h < n_head) & (s < NUM_SPLITS)
     m = tl.load(part_m_ptr + part, mask=hs_ok, other=float("-inf"))
     live = m != float("-inf")  # split 0 always holds key 0, so every head has a finite max (NaN: unwritten)
-    l = tl.load(part_l_ptr + part, mask=live, other=0.0)
+    part_sum = tl.load(part_l_ptr + part, mask=live, other=0.0)
     m_max = tl.max(m, 1)
     m_max = tl.where(m_max > float("-inf"), m_max, 0.0)  # padding heads (h >= n_head) have no live split
     w = tl.where(live, tl.math.exp2(m - m_max[:, None]), 0.0)  # [BH, SP]
     d = tl.arange(0, BLOCK_D)
     acc = tl.load(part_acc_ptr + part[:, :, None] * BLOCK_D + d[None, None, :], mask=live[:, :, None],
                   other=0.0)  # [BH, SP, BD]
-    l_sum = tl.sum(l * w, 1)
+    l_sum = tl.sum(part_sum * w, 1)
     out = tl.sum(acc * w[:, :, None], 1) / tl.where(l_sum > 0.0, l_sum, 1.0)[:, None]  # [BH, BD]
     tl.store(out_ptr + tok * s_ot + h * s_oh + d[None, :] * s_od, out.to(out_ptr.dtype.element_ty),
              mask=(h < n_head) & (d[None, :] < head_dim))

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from specdec.gpt_train import autocast
+from specdec.gpt_train import autocast, check_precision
 from specdec.models import weights
 from specdec.models.checkpoint import save_gpt
 from specdec.models.eagle import EagleConfig, EagleDraft, save_eagle
@@ -61,6 +61,9 @@ class DistillConfig:
     seed: int = 0
     checkpoint_every: int = 100
     precision: str = "fp32"  # training steps (teacher and draft): "fp32" or "bf16" (CPU autocast); α stays fp32
+
+    def __post_init__(self):
+        check_precision(self.precision)
 
 
 @dataclass

@@ -29,3 +29,8 @@ def test_training_raises_acceptance_and_resumes(tmp_path, kind, n_layer, precisi
     got = Engine(target, draft, k=4).generate([Request(reqs[55].phones, reqs[55].prompt,
                                                        params=SamplingParams(top_k=1))])[0]
     assert torch.equal(got.tokens, ref.tokens) and got.stats.num_accepted_tokens > 0
+
+
+def test_a_bad_precision_fails_when_the_config_is_built():
+    with pytest.raises(ValueError, match="precision"):
+        DistillConfig(precision="fp16")
