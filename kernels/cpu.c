@@ -241,30 +241,64 @@ static inline float hsum(__m256 v) {
     return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
 }
 
+/* hsum of a[0..7] at once → [8]: the very additions hsum makes for each (lane i + lane i+4, then (0)+(2) and
+   (1)+(3), then their sum), so a score does not depend on whether its key was summed alone or in a group of 8;
+   ~9 shuffles and adds for 8 keys instead of ~6 per key. */
+static inline __m256 hsum8(const __m256 a[8]) {
+    __m256 p[4];
+    for (int u = 0; u < 4; u++) /* [key 2u: l0+l4 .. l3+l7 | key 2u+1: same] */
+        p[u] = _mm256_add_ps(_mm256_permute2f128_ps(a[2 * u], a[2 * u + 1], 0x20),
+                             _mm256_permute2f128_ps(a[2 * u], a[2 * u + 1], 0x31));
+    /* per 128-bit lane: (s0+s2, s1+s3) of two keys: lane 0 keys 0 and 2 (4 and 6), lane 1 keys 1 and 3 (5 and 7) */
+#define PAIRS(x, y, half) _mm256_castpd_ps(_mm256_unpack##half##_pd(_mm256_castps_pd(x), _mm256_castps_pd(y)))
+    __m256 lo = _mm256_add_ps(PAIRS(p[0], p[1], lo), PAIRS(p[0], p[1], hi));
+    __m256 hi = _mm256_add_ps(PAIRS(p[2], p[3], lo), PAIRS(p[2], p[3], hi));
+#undef PAIRS
+    __m256 r = _mm256_add_ps(_mm256_shuffle_ps(lo, hi, _MM_SHUFFLE(2, 0, 2, 0)),
+                             _mm256_shuffle_ps(lo, hi, _MM_SHUFFLE(3, 1, 3, 1))); /* [0 2 4 6 | 1 3 5 7] */
+    return _mm256_permutevar8x32_ps(r, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+}
+
 /* One query row of one head against its first n keys: out [D] = softmax(q·K^T · scale) · V. Keys live in the
    head-major page storage `kc`/`vc` ([num_slots][D] for this head): key t sits in slot bt[t / ps] * ps + t % ps.
    s is scratch for n scores. D is a multiple of 8, at most MAX_D. */
 static void attend_row(const float *q, const float *kc, const float *vc, const int32_t *bt, int64_t ps, int64_t n,
                        int64_t D, float scale, float *s, float *out) {
     int64_t nv = D / 8;
-    __m256 qv[MAX_D / 8], acc[MAX_D / 8];
+    __m256 qv[MAX_D / 8], acc[MAX_D / 8], acc2[MAX_D / 8];
     for (int64_t j = 0; j < nv; j++) qv[j] = _mm256_mul_ps(_mm256_loadu_ps(q + 8 * j), _mm256_set1_ps(scale));
     float m = -INFINITY;
+    __m256 m8 = _mm256_set1_ps(-INFINITY);
     for (int64_t t0 = 0; t0 < n; t0 += ps) {  /* one page at a time: its keys are contiguous */
         const float *kp = kc + (int64_t)bt[t0 / ps] * ps * D, *vp = vc + (int64_t)bt[t0 / ps] * ps * D;
-        int64_t nt = n - t0 < ps ? n - t0 : ps;
-        for (int64_t t = 0; t < nt; t++) {
-            const float *k = kp + t * D;
-            /* the values of this key into L2 now: the V pass after the softmax finds them there, and the K pass
-               keeps two streams in flight instead of one (attention in a v2 pass 1.80 -> 1.59 ms, 40 paired reps) */
-            for (int64_t j = 0; j < D; j += 16) _mm_prefetch((const char *)(vp + t * D + j), _MM_HINT_T1);
-            __m256 a = _mm256_mul_ps(qv[0], _mm256_loadu_ps(k));
-            for (int64_t j = 1; j < nv; j++) a = _mm256_fmadd_ps(qv[j], _mm256_loadu_ps(k + 8 * j), a);
+        int64_t nt = n - t0 < ps ? n - t0 : ps, t = 0;
+        /* the values of a key into L2 as its score is computed: the V pass after the softmax finds them there, and
+           the K pass keeps two streams in flight instead of one (attention in a v2 pass 1.80 -> 1.59 ms) */
+#define SCORE(u)                                                                                     \
+    for (int64_t j = 0; j < D; j += 16) _mm_prefetch((const char *)(vp + (t + (u)) * D + j), _MM_HINT_T1); \
+    __m256 a = _mm256_mul_ps(qv[0], _mm256_loadu_ps(kp + (t + (u)) * D));                            \
+    for (int64_t j = 1; j < nv; j++) a = _mm256_fmadd_ps(qv[j], _mm256_loadu_ps(kp + (t + (u)) * D + 8 * j), a);
+        for (; t + 8 <= nt; t += 8) {
+            __m256 a8[8];
+            for (int u = 0; u < 8; u++) {
+                SCORE(u)
+                a8[u] = a;
+            }
+            __m256 v = hsum8(a8);
+            _mm256_storeu_ps(s + t0 + t, v);
+            m8 = _mm256_max_ps(v, m8);
+        }
+        for (; t < nt; t++) {
+            SCORE(0)
             float v = hsum(a);
             s[t0 + t] = v;
             m = v > m ? v : m;
         }
+#undef SCORE
     }
+    float m8s[8];
+    _mm256_storeu_ps(m8s, m8);
+    for (int u = 0; u < 8; u++) m = m8s[u] > m ? m8s[u] : m;
     __m256 mv = _mm256_set1_ps(m), sum = _mm256_setzero_ps();
     int64_t t = 0;
     for (; t + 8 <= n; t += 8) {
@@ -274,17 +308,26 @@ static void attend_row(const float *q, const float *kc, const float *vc, const i
     }
     float total = hsum(sum);
     for (; t < n; t++) total += (s[t] = expf(s[t] - m));
-    for (int64_t j = 0; j < nv; j++) acc[j] = _mm256_setzero_ps();
+    /* two accumulators per output vector, even and odd keys of a page: one chain per vector would wait out the FMA
+       latency at every key */
+    for (int64_t j = 0; j < nv; j++) acc[j] = acc2[j] = _mm256_setzero_ps();
     for (int64_t t0 = 0; t0 < n; t0 += ps) {
         const float *vp = vc + (int64_t)bt[t0 / ps] * ps * D;
-        int64_t nt = n - t0 < ps ? n - t0 : ps;
-        for (int64_t u = 0; u < nt; u++) {
+        int64_t nt = n - t0 < ps ? n - t0 : ps, u = 0;
+        for (; u + 2 <= nt; u += 2) {
+            __m256 w = _mm256_set1_ps(s[t0 + u]), w2 = _mm256_set1_ps(s[t0 + u + 1]);
+            for (int64_t j = 0; j < nv; j++) {
+                acc[j] = _mm256_fmadd_ps(w, _mm256_loadu_ps(vp + u * D + 8 * j), acc[j]);
+                acc2[j] = _mm256_fmadd_ps(w2, _mm256_loadu_ps(vp + (u + 1) * D + 8 * j), acc2[j]);
+            }
+        }
+        if (u < nt) {
             __m256 w = _mm256_set1_ps(s[t0 + u]);
             for (int64_t j = 0; j < nv; j++) acc[j] = _mm256_fmadd_ps(w, _mm256_loadu_ps(vp + u * D + 8 * j), acc[j]);
         }
     }
     __m256 inv = _mm256_set1_ps(1.0f / total);
-    for (int64_t j = 0; j < nv; j++) _mm256_storeu_ps(out + 8 * j, _mm256_mul_ps(acc[j], inv));
+    for (int64_t j = 0; j < nv; j++) _mm256_storeu_ps(out + 8 * j, _mm256_mul_ps(_mm256_add_ps(acc[j], acc2[j]), inv));
 }
 
 /* x [d] = LayerNorm(x + y) with weight w, bias b (sums in double: the result is independent of the order) */
