@@ -12,7 +12,7 @@ import os
 import torch
 from rich.console import Console
 
-from specdec.bench import int8_distance, step_costs, write_json
+from specdec.bench import random_int8_distance, step_costs, write_json
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--shape", default="v2")
@@ -22,7 +22,7 @@ console = Console()
 with console.status("benchmarking") as status:
     costs = step_costs(args.shape, repeats=args.repeats, progress=lambda m: status.update(m))
     status.update("total-variation distance fp32 vs int8")
-    dist = int8_distance(args.shape)
+    dist = random_int8_distance(args.shape)
 for name, ms in costs["ms_median"].items():
     q1, q3 = costs["ms_iqr"][name]
     console.print(f"{name:58s} {ms:7.1f} ms  (IQR {q1:.1f}–{q3:.1f})")

@@ -488,25 +488,24 @@ def step_costs(shape: str = "v2", rows: tuple[int, ...] = (1, 5), context: int =
             "versions": versions, "ms_median": ms, "ms_iqr": iqr}
 
 
-def int8_distance(shape: str = "v2", n_tokens: int = 150, top_k: int = 15) -> dict:
-    """Total-variation distance between the fp32 (exact) and int8 next-token distributions at every position of
-    one generated sequence (teacher-forced through both): raw softmax and the top-k renormalised one."""
-    import specdec
+def int8_distance(exact, sequences: list, top_k: int = 15) -> dict:
+    """Total-variation distance between the next-token distributions of `exact` and of its int8 copy (eco mode's
+    target) at every generated position of `sequences` — (phones, prompt, generated tokens) triples, teacher-forced
+    through both: raw softmax and the top-k renormalised one (the sampler's support at upstream's defaults)."""
     from specdec.models.gpt import prefix_lm_mask
     from specdec.models.int8 import quantize_gpt
-    exact = random_target(shape)
     q = quantize_gpt(exact)
-    phones, prompt = fixed_request(phoneme_vocab_size=exact.cfg.phoneme_vocab_size)
-    out = specdec.generate(exact, phones, prompt, top_k=top_k, max_new_tokens=n_tokens, seed=0).tokens
-    y = torch.cat([prompt, out])
-    with torch.inference_mode():
-        def dists(gpt):
-            x = torch.cat([gpt.embed_text(phones), gpt.embed_audio(y, torch.arange(len(y)))])[None]
-            T = x.shape[1]
-            h = gpt.forward_dense(x, prefix_lm_mask(torch.tensor([phones.numel()]), torch.tensor([T]), T))[0]
-            return gpt.logits(h[phones.numel() + prompt.numel() - 1:])  # [n_tokens + 1, V]: every generated step
 
-        a, b = dists(exact), dists(q)
+    def logits(gpt, phones, prompt, out):  # [len(out) + 1, V]: every generated step, and the one after
+        y = torch.cat([prompt, out])
+        x = torch.cat([gpt.embed_text(phones), gpt.embed_audio(y, torch.arange(len(y)))])[None]
+        T = x.shape[1]
+        h = gpt.forward_dense(x, prefix_lm_mask(torch.tensor([phones.numel()]), torch.tensor([T]), T))[0]
+        return gpt.logits(h[phones.numel() + prompt.numel() - 1:])
+
+    with torch.inference_mode():
+        pairs = [(logits(exact, *s), logits(q, *s)) for s in sequences]
+    a, b = torch.cat([p[0] for p in pairs]), torch.cat([p[1] for p in pairs])
 
     def tv(la, lb):
         return 0.5 * (la.softmax(-1) - lb.softmax(-1)).abs().sum(-1)
@@ -519,7 +518,16 @@ def int8_distance(shape: str = "v2", n_tokens: int = 150, top_k: int = 15) -> di
         return {"mean": float(t.mean()), "median": float(t.median()), "p90": float(t.quantile(0.9)),
                 "max": float(t.max())}
 
-    return {"machine": machine(), "shape": shape, "positions": a.shape[0], "weights": "random, fp16-exact",
+    return {"machine": machine(), "sequences": len(sequences), "positions": a.shape[0],
             "tv_softmax": summary(tv(a, b)), f"tv_top{top_k}": summary(tv(topk_logits(a), topk_logits(b))),
             "argmax_agreement": float((a.argmax(-1) == b.argmax(-1)).float().mean()),
             "max_prob_fp32_median": float(a.softmax(-1).amax(-1).median())}
+
+
+def random_int8_distance(shape: str = "v2", n_tokens: int = 150, top_k: int = 15) -> dict:
+    """`int8_distance` on a random target of a real shape, over one sequence it generates from `fixed_request`."""
+    import specdec
+    exact = random_target(shape)
+    phones, prompt = fixed_request(phoneme_vocab_size=exact.cfg.phoneme_vocab_size)
+    out = specdec.generate(exact, phones, prompt, top_k=top_k, max_new_tokens=n_tokens, seed=0).tokens
+    return {**int8_distance(exact, [(phones, prompt, out)], top_k), "shape": shape, "weights": "random, fp16-exact"}

@@ -163,3 +163,27 @@ def test_int8_kernel_and_many_row_path_compute_the_same_products():
     torch.testing.assert_close(many.double(), ref, atol=2e-5, rtol=1e-5)
     torch.testing.assert_close(few.double(), ref, atol=2e-5, rtol=1e-5)
     assert q.gemv is not None or not cpu.available()
+
+
+def test_int8_distance_measures_the_eco_targets_departure():
+    """Eco mode's reported cost: zero (to rounding) for a target whose block weights are int8 values already,
+    clearly above zero for one whose are not; one distribution per generated position and the one after."""
+    from specdec.api import generate
+    from specdec.bench import int8_distance
+    from specdec.models.int8 import quantize_weight
+    gpt = tiny_gpt(eos_bias=-5.0)
+    g = torch.Generator().manual_seed(3)
+    seqs = []
+    for n_text, n_prompt in ((6, 4), (11, 9)):
+        phones, prompt = torch.randint(0, PV, (n_text,), generator=g), torch.randint(0, 1024, (n_prompt,), generator=g)
+        seqs.append((phones, prompt, generate(gpt, phones, prompt, max_new_tokens=12, seed=n_text).tokens))
+    far = int8_distance(gpt, seqs)
+    assert far["positions"] == sum(len(s[2]) + 1 for s in seqs)
+    assert 1e-3 < far["tv_softmax"]["median"] < 0.5
+    with torch.no_grad():
+        for b in gpt.layers:
+            for lin in (b.qkv, b.out, b.ffn_in, b.ffn_out):
+                q, scale = quantize_weight(lin.weight)
+                lin.weight.copy_(q.float() * scale[:, None])
+    near = int8_distance(gpt, seqs)
+    assert near["tv_softmax"]["max"] < 1e-5 and near["argmax_agreement"] == 1.0

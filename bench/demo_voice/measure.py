@@ -1,7 +1,7 @@
 """Speculative decoding on the demo voice, measured with the real engine on the held-out sentences.
 
     python bench/demo_voice/measure.py [--bundle models/demo] [--data /work/data/demo] [--k 2,3,4,6] [--threads 1]
-                                       [--draft bundle|int8|ngram|FILE|...] [--gpt FILE] [-o out.json]
+                                       [--draft bundle|int8|ngram|FILE|...] [--gpt FILE] [--tv] [-o out.json]
 
 Each held-out sentence is spoken by its own speaker's built-in voice (the inference layout: the voice's transcript
 + the sentence as text, the voice's tokens as prompt), at upstream's default sampling (top_k 15, top_p 1, T 1,
@@ -9,7 +9,9 @@ repetition penalty 1.35), autoregressively and with the draft (the bundle's own 
 at a time, in alternating order, same seed. Reports mean acceptance length, acceptance rate, GPT tokens/s of both
 paths, the speedup, and the generated/true length ratio (alignment sanity: a model that lost the text runs long or
 stops early). `--gpt` puts another target trained on the demo's units in the bundle's target's place (a v2-shape
-one: build.py gpt --name gpt_v2 ...), drafted for by a draft file or spec.
+one: build.py gpt --name gpt_v2 ...), drafted for by a draft file or spec. `--tv` adds eco mode's cost in
+distribution: the total-variation distance between the target's next-token distributions and its int8 copy's at
+every position the AR runs generated.
 """
 from __future__ import annotations
 
@@ -35,6 +37,8 @@ def main(argv=None) -> int:
     ap.add_argument("--gpt", default=None, help="a target GPT file on the demo's units instead of the bundle's")
     ap.add_argument("--n", type=int, default=60, help="held-out sentences to use")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (the CLI uses one per core)")
+    ap.add_argument("--tv", action="store_true", help="also the total-variation distance between the target's and its "
+                    "int8 copy's (eco mode's) next-token distributions along the sequences the AR runs generated")
     ap.add_argument("-o", "--out", default=None, help="JSON results")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -58,6 +62,7 @@ def main(argv=None) -> int:
     stats = {r: SpecStats() for r in runs}
     secs = dict.fromkeys(runs, 0.0)
     ratios = {r: [] for r in runs}
+    sequences = []  # (phones, prompt, tokens) of the AR runs, for --tv
     console = Console(stderr=True)
     with Progress(console=console) as progress:
         task = progress.add_task("held-out sentences", total=len(clips))
@@ -72,6 +77,8 @@ def main(argv=None) -> int:
                 secs[r] += time.perf_counter() - t
                 stats[r] = stats[r].merge(out.stats)
                 ratios[r].append(out.tokens.numel() / true_len[c.id].numel())
+                if r == "ar":
+                    sequences.append((phones, v.tokens, out.tokens))
             progress.update(task, advance=1)
     ar_tps = stats["ar"].num_emitted_tokens / secs["ar"]
     res = {"sentences": len(clips), "draft": args.draft, "gpt": args.gpt or "bundle",
@@ -93,6 +100,13 @@ def main(argv=None) -> int:
                   " ".join(f"{a:.2f}" for a in st.acceptance_per_position) or "–", f"{tps:.1f}", f"{tps / ar_tps:.2f}×",
                   f"{statistics.median(ratios[r]):.2f}")
     Console().print(t)
+    if args.tv:
+        from specdec.bench import int8_distance
+        res["int8_distance"] = tv = int8_distance(target, sequences)
+        sm, top = tv["tv_softmax"], tv["tv_top15"]
+        Console().print(f"TV(fp32, int8) over {tv['positions']} positions: softmax median {sm['median']:.3f} (p90 "
+                        f"{sm['p90']:.3f}), top-15 median {top['median']:.3f} (p90 {top['p90']:.3f}); argmax "
+                        f"agreement {tv['argmax_agreement']:.3f}")
     if args.out:
         with open(args.out, "w") as f:
             json.dump(res, f, indent=1)
