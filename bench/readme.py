@@ -48,12 +48,14 @@ def section() -> str:
     ar = _load("ar_vs_upstream_v2.json")
     if ar:
         parts.append(ar_table(ar))
-    for name, title in (("bench_demo.json", "Demo voice (trained here), real sentences, upstream default sampling"),
-                        ("bench_v2.json", "v2 shape, random weights (costs only: acceptance is meaningless)")):
+    for name, title, args in (
+            ("bench_demo.json", "Demo voice (trained here), real sentences, upstream default sampling", "--demo"),
+            ("bench_gpt_v2.json", "v2 shape trained here on the demo's units (24×512, `gpt_v2`), its distilled "
+             "EAGLE draft, real sentences, upstream default sampling", "--gpt gpt_v2.safetensors --draft … --eco"),
+            ("bench_v2.json", "v2 shape, random weights (costs only: acceptance is meaningless)", "--shape v2")):
         res = _load(name)
         if res:
-            parts.append(f"**{title}** — `specdec bench {'--demo' if 'demo' in name else '--shape v2'}`\n\n"
-                         + bench.markdown_table(res))
+            parts.append(f"**{title}** — `specdec bench {args}`\n\n" + bench.markdown_table(res))
             if "end_to_end" in res:
                 parts.append(bench.markdown_e2e(res["end_to_end"]))
     return "\n".join(parts)
