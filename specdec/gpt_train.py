@@ -152,7 +152,7 @@ PRECISIONS = ("fp32", "bf16")  # of training steps (GPT, drafts); see `autocast`
 def check_precision(precision: str) -> None:
     """Configs check their precision when built, so a typo fails before any data is loaded."""
     if precision not in PRECISIONS:
-        raise ValueError(f"precision must be fp32 or bf16, not {precision!r}")
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
 
 
 def autocast(precision: str):
