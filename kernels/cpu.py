@@ -1,5 +1,6 @@
-"""CPU kernels for few rows on x86 (kernels/cpu.c), built on first use: the exact fp16-weight linear, the
-weight-only int8 linear (lossy; specdec.models.int8) and whole decode blocks over the paged cache (`DecodeLayers`).
+"""CPU kernels on x86 (kernels/cpu.c), built on first use: for few rows the exact fp16-weight linear, the
+weight-only int8 linear (lossy; specdec.models.int8) and whole decode blocks over the paged cache (`DecodeLayers`);
+for many rows of the int8 linear (the eco target's prefill), an AMX kernel where the CPU has AMX (`AmxInt8`).
 
 The C source is compiled once per machine with the system C compiler (`$CC`, else `cc`) into
 `$XDG_CACHE_HOME/specdec` (default ~/.cache/specdec), named by the hash of source and flags, and loaded with ctypes
@@ -89,11 +90,20 @@ def _lib():
     lib.accept_round.argtypes = [_p, _i, _i, _p, _p, _p, _p, _p, _p, _p, _i, _p, _p]
     lib.accept_round.restype = ctypes.c_int
     lib.set_avx512.argtypes, lib.set_avx512.restype = [ctypes.c_int], ctypes.c_int
+    lib.amx_init.restype = ctypes.c_int
+    lib.amx_pack_int8.argtypes, lib.amx_pack_int8.restype = [_p, _i, _i, _p], None
+    lib.amx_linear_int8.argtypes, lib.amx_linear_int8.restype = [_p, _p, _p, _i, _i, _p, _i, _p], None
     return lib
 
 
 def available() -> bool:
     return _lib() is not None
+
+
+@functools.lru_cache(maxsize=1)
+def amx_available() -> bool:
+    """The CPU has AMX-BF16 and Linux granted this process its tile registers (asked once, here)."""
+    return available() and bool(_lib().amx_init())
 
 
 def use_avx512(on: bool) -> bool:
@@ -143,6 +153,30 @@ class PackedFP16(_Packed):
 
 class PackedInt8(_Packed):
     """Q [K, N] int8 with one scale per column [N]: y = (x·Q)·scale + bias."""
+
+
+class AmxInt8:
+    """Q [K, N] int8 with one scale per column and an optional bias, for many rows on AMX (`amx_linear_int8`: the
+    same products as an fp32 GEMM over Q's values, summed in another order). Needs `amx_available()`,
+    K % 32 == 0 and N % 16 == 0 (`fits`)."""
+
+    @staticmethod
+    def fits(K: int, N: int) -> bool:
+        return K % 32 == 0 and N % 16 == 0 and amx_available()
+
+    def __init__(self, q: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None):
+        self.K, self.N = q.shape
+        self.tiles = torch.empty(self.K * self.N, dtype=torch.int16)  # bf16 bits
+        _lib().amx_pack_int8(q.contiguous().data_ptr(), self.K, self.N, self.tiles.data_ptr())
+        self.scale = scale.detach().float().contiguous()
+        self.bias = None if bias is None else bias.detach().float().contiguous()
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """x [M, K] fp32 contiguous → [M, N]."""
+        y = torch.empty(x.shape[0], self.N)
+        _lib().amx_linear_int8(self.tiles.data_ptr(), self.scale.data_ptr(), _ptr(self.bias), self.K, self.N,
+                               x.data_ptr(), x.shape[0], y.data_ptr())
+        return y
 
 
 class DecodeLayers:

@@ -1,11 +1,12 @@
 """int8 weights for the GPT's block matmuls on CPU (lossy: for drafts, which stay exact, and the opt-in eco target).
 
 Weight-only int8 (W8A32): one symmetric scale per output channel, weights rounded to [-127, 127], activations stay
-fp32, y = (x·Q)·scale + b. For 1–8 rows (decode, verification) the project's kernel (kernels/cpu.c,
-`linear`) streams the int8 weights — a quarter of fp32's bytes; for more rows, or where the kernel cannot be
-built, the same Q as fp32 values goes through torch's GEMM and is scaled after it, so every path computes the same
-products and differs only in summation order: a row's result does not depend on the other rows of its batch, and the
-int8 model is one well-defined distribution.
+fp32, y = (x·Q)·scale + b. For up to `cpu.MAX_ROWS` rows (decode, verification) the project's kernel
+(kernels/cpu.c, `linear`) streams the int8 weights — a quarter of fp32's bytes; for more rows (prefill) its AMX
+kernel (`amx_linear_int8`, x split exactly into three bf16 parts) where the CPU has AMX, else the same Q as fp32
+values through torch's GEMM, scaled after it. Every path computes the same products and differs only in summation
+order: a row's result does not depend on the other rows of its batch, and the int8 model is one well-defined
+distribution.
 
 History: this used FBGEMM's dynamic int8 GEMM (`quantized::linear_dynamic`, activations quantised per call).
 Once the exact fp16-weight GEMV landed, that path was slower per decode row than the *exact* model (v2 shape, 2-core
@@ -44,8 +45,11 @@ class Int8Linear(nn.Module):
         bias = None if lin.bias is None else lin.bias.detach().float().clone()
         self.register_buffer("scale", scale)
         self.register_buffer("bias", bias)
-        self.register_buffer("q", q.float(), persistent=False)  # [out, in]: Q as fp32 values, for many rows
+        self.register_buffer("q", q, persistent=False)  # [out, in] int8
         self.gemv = cpu.PackedInt8(q.t(), scale, bias) if cpu.available() else None
+        self.amx = cpu.AmxInt8(q.t(), scale, bias) if cpu.AmxInt8.fits(self.in_features, self.out_features) else None
+        # many rows without AMX: torch's GEMM over Q's values as fp32
+        self.register_buffer("q_fp32", q.float() if self.amx is None else None, persistent=False)
 
     def cpu_pack(self) -> "cpu.PackedInt8 | None":
         return self.gemv
@@ -54,8 +58,10 @@ class Int8Linear(nn.Module):
         x2 = x.reshape(-1, self.in_features)  # [n, in]
         if self.gemv is not None and x2.shape[0] <= cpu.MAX_ROWS:
             y = self.gemv(x2.contiguous())
+        elif self.amx is not None:
+            y = self.amx(x2.contiguous())
         else:
-            y = F.linear(x2, self.q).mul_(self.scale)
+            y = F.linear(x2, self.q_fp32).mul_(self.scale)
             y = y if self.bias is None else y.add_(self.bias)
         return y.view(*x.shape[:-1], self.out_features)
 

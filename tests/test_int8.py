@@ -8,6 +8,7 @@ import torch
 from specdec import SamplingParams
 from specdec.engine import Engine, Request
 from specdec.errors import SpecdecError
+from specdec.kernels import cpu
 from specdec.models.checkpoint import save_gpt
 from specdec.models.int8 import Int8Linear, quantize_gpt
 from specdec.models.linear import Linear
@@ -163,6 +164,38 @@ def test_int8_kernel_and_many_row_path_compute_the_same_products():
     torch.testing.assert_close(many.double(), ref, atol=2e-5, rtol=1e-5)
     torch.testing.assert_close(few.double(), ref, atol=2e-5, rtol=1e-5)
     assert q.gemv is not None or not cpu.available()
+    assert (q.amx is not None) == cpu.amx_available()  # 256 × 384 fits AMX's tiles
+
+
+amx = pytest.mark.skipif(not cpu.amx_available(), reason="no AMX here")
+
+
+@amx
+def test_amx_keeps_every_bit_of_the_activations():
+    """x = 1 + 2^-9 + 2^-17 needs all three bf16 parts (1, 2^-9, 2^-17): against a column of ones over one 32-wide
+    K step the fp32 sum 32·x is exact, so any lost part shows."""
+    x = torch.full((17, 32), 1 + 2**-9 + 2**-17)
+    x[1::2] *= -3.0
+    y = cpu.AmxInt8(torch.ones(32, 16, dtype=torch.int8), torch.ones(16), None)(x)
+    assert torch.equal(y, (32 * x[:, :16].double()).float())
+
+
+@amx
+@pytest.mark.parametrize("M,K,N", [(17, 64, 48), (37, 512, 80), (177, 2048, 32)])
+def test_amx_int8_matches_the_fp32_gemm_over_the_same_integers(M, K, N):
+    """Ragged rows (a partial last 16-row block), column groups of 3 and 2 blocks, both threads' shares: within
+    fp32 rounding of the exact result, as torch's fp32 GEMM is."""
+    from specdec.kernels import cpu
+    g = torch.Generator().manual_seed(M)
+    q = torch.randint(-127, 128, (K, N), dtype=torch.int8, generator=g)
+    scale, bias = torch.rand(N, generator=g), torch.randn(N, generator=g)
+    x = torch.randn(M, K, generator=g) * torch.logspace(-3, 3, M)[:, None]
+    y = cpu.AmxInt8(q, scale, bias)(x)
+    ref = (x.double() @ q.double()) * scale.double() + bias.double()
+    bound = (x.double().abs() @ q.double().abs()) * scale.double()  # what fp32 rounding errors scale with
+    assert float(((y.double() - ref).abs() / bound).max()) < 1e-6
+    fp32 = (x @ q.float()) * scale + bias
+    assert float(((fp32.double() - ref).abs() / bound).max()) < 1e-6
 
 
 def test_int8_distance_measures_the_eco_targets_departure():
