@@ -32,6 +32,11 @@ FP16_GEMM = _fp16_gemm_available()
 _linear_fp16 = torch.ops.quantized.linear_dynamic_fp16.default._op if FP16_GEMM else None
 
 
+def fp16_exact(w: torch.Tensor) -> bool:
+    """Every value of w is an fp16 value: the fp16-weight GEMMs then compute with exactly these weights."""
+    return bool(torch.equal(w.detach().half().float(), w.detach()))
+
+
 def version(t: torch.Tensor) -> int:
     """The tensor's in-place modification counter; -1 for an inference tensor (made under inference_mode), which
     keeps none."""
@@ -67,8 +72,7 @@ class Linear(nn.Linear):
         w, b = self._parameters["weight"], self._parameters["bias"]  # direct: this runs ~100 times per step
         key = (version(w), w.data_ptr(), None if b is None else (version(b), b.data_ptr()))
         if self._packed is None or self._packed[0] != key:
-            exact = (FP16_GEMM and self.allow_fp16_gemm and w.dtype == torch.float32
-                     and bool(torch.equal(w.detach().half().float(), w.detach())))
+            exact = FP16_GEMM and self.allow_fp16_gemm and w.dtype == torch.float32 and fp16_exact(w)
             packed = None
             if exact:
                 fbgemm = torch.ops.quantized.linear_prepack_fp16(w.detach().contiguous(), None if b is None

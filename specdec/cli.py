@@ -130,14 +130,25 @@ def _load_models(args):
         return bundle.gpt, bundle.decoder, bundle.frontend, voice, bundle.draft, bundle.generation
     if not (args.gpt and args.sovits and args.voice):
         raise SpecdecError("a model set needs --gpt, --sovits and --voice together (or none of them: demo voice)")
-    from specdec.models.checkpoint import load_gpt
     from specdec.models.decoder import SoVITSDecoder
     from specdec.models.sovits import check_symbol_set
-    gpt = load_gpt(args.gpt)
+    gpt = _load_target(args.gpt)
     decoder = SoVITSDecoder.from_file(args.sovits, seed=0 if args.seed is None else args.seed)
     check_symbol_set(decoder.cfg, gpt.cfg.phoneme_vocab_size, f"{args.gpt} + {args.sovits}")
     voice = Voice.load(args.voice)
     return gpt, decoder, Frontend(voice.symbol_version), voice, None, {}
+
+
+def _load_target(path: str):
+    """The GPT in `path`, with a note when its weights cannot take the fast exact CPU kernels."""
+    from specdec.models.checkpoint import load_gpt
+    from specdec.models.linear import Linear, fp16_exact
+    gpt = load_gpt(path)
+    if not all(fp16_exact(m.weight) for m in gpt.modules() if isinstance(m, Linear)):
+        print(f"note: {path} holds weights that are not fp16 values, so the fast exact CPU kernels step aside (torch "
+              f"fp32 speed); `specdec convert {path} -o OUT.safetensors` rounds them to fp16, as upstream's released "
+              "checkpoints are", file=sys.stderr)
+    return gpt
 
 
 def _print_synth_table(r: dict) -> None:
@@ -195,7 +206,6 @@ def cmd_bench(args) -> None:
 
     from specdec import bench
     from specdec.engine import Request
-    from specdec.models.checkpoint import load_gpt
     from specdec.sampling import SamplingParams
     ks = _int_list(args.k, "--k")
     if (args.shape is not None) + (args.gpt is not None) + args.demo > 1:
@@ -207,7 +217,7 @@ def cmd_bench(args) -> None:
     else:
         from specdec import demo
         bundle = demo.load()
-        target = load_gpt(args.gpt) if args.gpt else bundle.gpt
+        target = _load_target(args.gpt) if args.gpt else bundle.gpt
         c, d = target.cfg, bundle.gpt.cfg
         if (c.vocab_size, c.phoneme_vocab_size) != (d.vocab_size, d.phoneme_vocab_size):
             bundle = None  # not the demo's units: it cannot speak the demo's voices
@@ -450,16 +460,17 @@ def cmd_info(args) -> None:
     kind, model = _load_model_file(args.file)
     c = model.cfg
     n_params = sum(p.numel() for p in model.parameters())
-    fp16_exact = all(bool((p.half().float() == p).all()) for p in model.parameters())
+    from specdec.models.linear import fp16_exact
+    exact = all(fp16_exact(p) for p in model.parameters())
     if kind == "gpt":
         info = {"file": args.file, "kind": "GPT (text-to-semantic)", **c.to_dict(), "parameters": n_params,
                 "symbol_set": {512: "v1 (322 symbols)", 732: "v2 (732 symbols)"}.get(c.phoneme_vocab_size, "custom"),
-                "fp16_exact": fp16_exact}
+                "fp16_exact": exact}
     else:
         info = {"file": args.file, "kind": "SoVITS (semantic tokens → waveform)", "version": c.version,
                 "symbol_set": f"{c.symbol_version} ({c.n_symbols} symbols)", "sample_rate": c.sampling_rate,
                 "hidden_channels": c.hidden_channels, "upsample_rates": list(c.upsample_rates),
-                "parameters": n_params, "fp16_exact": fp16_exact}
+                "parameters": n_params, "fp16_exact": exact}
     if args.json:
         print(json.dumps(info))
         return

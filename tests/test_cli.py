@@ -66,6 +66,19 @@ def test_bench_writes_json_markdown_and_plots(ckpt, tmp_path):
     assert [r["name"] for r in res["rows"]] == ["AR", "layerskip:1 k=2", "layerskip:1 k=3"]
     assert "| AR |" in (tmp_path / "bench_tiny.md").read_text()
     assert sorted(os.listdir(tmp_path / "bench_tiny")) == ["acceptance_per_position.png", "speedup_vs_k.png"]
+    assert "note" not in err  # upstream checkpoints hold fp16 weights: the fast exact kernels take them
+
+
+def test_a_gpt_the_fast_kernels_cannot_take_gets_a_note(tmp_path):
+    """fp32 weights that are not fp16 values (a model trained here, saved in fp32) run at torch's fp32 speed: say
+    so and how to convert, rather than be silently slow."""
+    from specdec.models.checkpoint import save_gpt
+    torch.manual_seed(0)
+    path = tmp_path / "fp32.safetensors"
+    save_gpt(GPT(GPTConfig(n_layer=1, d_model=32, n_head=2, phoneme_vocab_size=732)), str(path))
+    rc, _, err = run("bench", "--gpt", str(path), "--draft", "ngram", "--k", "2", "--tokens", "4", "--requests", "1",
+                     "--repeats", "1", "--warmup", "0", "--no-upstream", "-o", str(tmp_path))
+    assert rc == 0 and "not fp16 values" in err and "specdec convert" in err, err
 
 
 def test_bench_speaks_the_demo_voice_with_a_target_on_its_units(tmp_path):
