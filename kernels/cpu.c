@@ -383,10 +383,12 @@ static inline __m256 hsum8(const __m256 a[8]) {
 
 /* One query row of one head against its first n keys: out [D] = softmax(q·K^T · scale) · V. Keys live in the
    head-major page storage `kc`/`vc` ([num_slots][D] for this head): key t sits in slot bt[t / ps] * ps + t % ps.
-   s is scratch for n scores. D is a multiple of 8, at most MAX_D. */
-static void attend_row(const float *q, const float *kc, const float *vc, const int32_t *bt, int64_t ps, int64_t n,
-                       int64_t D, float scale, float *s, float *out) {
-    int64_t nv = D / 8;
+   s is scratch for n scores. D is a multiple of 8, at most MAX_D; nv = D / 8, a constant where attend_row
+   inlines this for a common head size: the compiler then keeps q and the accumulators in registers and unrolls
+   the dot products (attention in a v2 pass, 300 keys: 1.36 -> 1.24 ms at 1 row, 3.03 -> 2.59 ms at 7). */
+static inline __attribute__((always_inline)) void attend_row_nv(const float *q, const float *kc, const float *vc,
+                                                                const int32_t *bt, int64_t ps, int64_t n, int64_t D,
+                                                                float scale, float *s, float *out, const int64_t nv) {
     __m256 qv[MAX_D / 8], acc[MAX_D / 8], acc2[MAX_D / 8];
     for (int64_t j = 0; j < nv; j++) qv[j] = _mm256_mul_ps(_mm256_loadu_ps(q + 8 * j), _mm256_set1_ps(scale));
     float m = -INFINITY;
@@ -450,6 +452,16 @@ static void attend_row(const float *q, const float *kc, const float *vc, const i
     }
     __m256 inv = _mm256_set1_ps(1.0f / total);
     for (int64_t j = 0; j < nv; j++) _mm256_storeu_ps(out + 8 * j, _mm256_mul_ps(_mm256_add_ps(acc[j], acc2[j]), inv));
+}
+
+static void attend_row(const float *q, const float *kc, const float *vc, const int32_t *bt, int64_t ps, int64_t n,
+                       int64_t D, float scale, float *s, float *out) {
+    if (D == 32) /* GPT-SoVITS: 512 / 16 heads */
+        attend_row_nv(q, kc, vc, bt, ps, n, D, scale, s, out, 4);
+    else if (D == 64)
+        attend_row_nv(q, kc, vc, bt, ps, n, D, scale, s, out, 8);
+    else
+        attend_row_nv(q, kc, vc, bt, ps, n, D, scale, s, out, D / 8);
 }
 
 /* x [d] = LayerNorm(x + y) with weight w, bias b (sums in double: the result is independent of the order) */

@@ -59,7 +59,7 @@ def avx512(request):
 def test_decode_kernel_matches_per_op_path_on_random_ragged_batches(int8, avx512):
     rng = random.Random(7)
     for trial in range(12):
-        gpt = _gpt(n_layer=2, d=rng.choice([64, 96]), h=rng.choice([2, 4]), seed=trial)
+        gpt = _gpt(n_layer=2, d=rng.choice([64, 96, 128]), h=rng.choice([2, 4]), seed=trial)  # head sizes 16-64
         gpt = quantize_gpt(gpt) if int8 else gpt
         page_size = rng.choice([4, 12, 16, 64])  # 12: a page of one 8-key group and a tail
         (kv_fused, kv_ref), meta, x = _ragged_batch(gpt, rng, page_size)
