@@ -115,18 +115,20 @@ QUAD(i8_quad, int8_t, LOAD_I8)
                 _mm512_storeu_ps(out[g * R + i] + 16, acc[g][i][1]);                                        \
             }                                                                                               \
     }
-/* NAME[R]: R rows against one block (R = 1..8) and, for R <= 6 (4R accumulators fit the 32 registers), NAME##2b[R]
-   against 2 consecutive blocks at once: two weight streams in flight, as the one-row kernel's four. */
+/* NAME[R]: R rows against one block (R = 1..8) and, for R <= 7 (4R accumulators and the 4 weight registers fit the
+   32; the row's x is an FMA memory operand), NAME##2b[R] against 2 consecutive blocks at once: two weight streams in
+   flight, as the one-row kernel's four (the 96 v2 block matmuls at 7 rows, a k = 6 verification: 13.3-14.7 ->
+   12.4-12.7 ms, interleaved, 2026-11-27). */
 #define ROWS512_ALL(NAME, T, LOAD)                                                                            \
     ROWS512(NAME, T, LOAD, 1, 1) ROWS512(NAME, T, LOAD, 2, 1) ROWS512(NAME, T, LOAD, 3, 1)                    \
     ROWS512(NAME, T, LOAD, 4, 1) ROWS512(NAME, T, LOAD, 5, 1) ROWS512(NAME, T, LOAD, 6, 1)                    \
     ROWS512(NAME, T, LOAD, 7, 1) ROWS512(NAME, T, LOAD, 8, 1)                                                 \
     ROWS512(NAME##2b_, T, LOAD, 2, 2) ROWS512(NAME##2b_, T, LOAD, 3, 2) ROWS512(NAME##2b_, T, LOAD, 4, 2)     \
-    ROWS512(NAME##2b_, T, LOAD, 5, 2) ROWS512(NAME##2b_, T, LOAD, 6, 2)                                       \
+    ROWS512(NAME##2b_, T, LOAD, 5, 2) ROWS512(NAME##2b_, T, LOAD, 6, 2) ROWS512(NAME##2b_, T, LOAD, 7, 2)     \
     static void (*const NAME[9])(const float *, int64_t, const T *, float[][NB]) = {                          \
         0, NAME##1, NAME##2, NAME##3, NAME##4, NAME##5, NAME##6, NAME##7, NAME##8};                           \
-    static void (*const NAME##2b[7])(const float *, int64_t, const T *, float[][NB]) = {                      \
-        0, 0, NAME##2b_2, NAME##2b_3, NAME##2b_4, NAME##2b_5, NAME##2b_6};
+    static void (*const NAME##2b[8])(const float *, int64_t, const T *, float[][NB]) = {                      \
+        0, 0, NAME##2b_2, NAME##2b_3, NAME##2b_4, NAME##2b_5, NAME##2b_6, NAME##2b_7};
 ROWS512_ALL(f16_rows512_, uint16_t, LOAD512_F16)
 ROWS512_ALL(i8_rows512_, int8_t, LOAD512_I8)
 /* One int8 row against 4 blocks: widening int8 is the bottleneck of the AVX2 quad (96 v2 block matmuls 3.9 -> 2.9 ms,
@@ -160,15 +162,15 @@ static void store_cols(const Lin *L, const float *acc, float *y, int64_t n0, int
     }
 }
 
-/* y [M, N] = relu?((x [M, K] · W) * scale + bias). Work units (4 blocks for one row, 2 for up to 6 rows with
+/* y [M, N] = relu?((x [M, K] · W) * scale + bias). Work units (4 blocks for one row, 2 for up to 7 rows with
    AVX-512, else 1 block for every row) are shared out with an orphaned `omp for`: called inside a parallel region
    it splits the work among the team (and ends at its barrier), outside one it runs alone. */
 static void lin_rows(const Lin *L, const float *x, int64_t M, float *y, int relu) {
     int64_t K = L->K, N = L->N, nblocks = (N + NB - 1) / NB;
-    int64_t G = M == 1 ? 4 : use_avx512 && M <= 6 ? 2 : 1; /* blocks per work unit */
+    int64_t G = M == 1 ? 4 : use_avx512 && M <= 7 ? 2 : 1; /* blocks per work unit */
 #pragma omp for schedule(static)
     for (int64_t u = 0; u < (nblocks + G - 1) / G; u++) {
-        float out[12][NB];
+        float out[14][NB];
         if (G > 1 && u * G + G <= nblocks) {
             const char *wu = (const char *)L->w + u * G * K * NB * L->elem;
             if (G == 4 && L->elem == 2) f16_quad(x, K, (const uint16_t *)wu, out);
