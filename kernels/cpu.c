@@ -222,7 +222,7 @@ void linear(const void *w, const float *scale, const float *bias, int64_t K, int
    (|q| <= 127) are exact in bf16, and x = x1 + x2 + x3 splits exactly into three bf16 parts (8 + 8 + 8 significant
    bits, each the round-to-nearest-even of what the previous parts leave), so x·Q = x1·Q + x2·Q + x3·Q: every
    product exact, accumulated in fp32 — the arithmetic of an fp32 GEMM over the same integers, in another order.
-   2.5-3x torch's fp32 GEMM for the v2 shapes at 177 rows (2-core Xeon, 2026-11-27). Exact fp16 weights would
+   2.2-3.2x torch's fp32 GEMM for the v2 shapes at 177 rows (2-core Xeon, 2026-11-27). Exact fp16 weights would
    need two bf16 parts each and five products, which gained nothing here: tile loads (~18 ns each on this
    machine, as much as 2.7 tile products) bound it. Needs K % 32 == 0 and N % 16 == 0. */
 #if (defined(__clang__) && __clang_major__ >= 12) || (!defined(__clang__) && __GNUC__ >= 11)
