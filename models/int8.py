@@ -45,7 +45,6 @@ class Int8Linear(nn.Module):
         bias = None if lin.bias is None else lin.bias.detach().float().clone()
         self.register_buffer("scale", scale)
         self.register_buffer("bias", bias)
-        self.register_buffer("q", q, persistent=False)  # [out, in] int8
         self.gemv = cpu.PackedInt8(q.t(), scale, bias) if cpu.available() else None
         self.amx = cpu.AmxInt8(q.t(), scale, bias) if cpu.AmxInt8.fits(self.in_features, self.out_features) else None
         # many rows without AMX: torch's GEMM over Q's values as fp32

@@ -36,7 +36,6 @@ def test_a_rows_result_does_not_depend_on_its_batch():
     """Weights only are quantised (no activation scale shared across rows), and the int8 kernel computes every row
     alone: bit for bit the same in any batch. Without the kernel torch's GEMM may order a row's sums by batch
     shape, so there it holds to rounding."""
-    from specdec.kernels import cpu
     q = Int8Linear(_linear())
     x = torch.randn(6, 256)
     x[3] *= 100.0  # a row that would set a shared activation scale
@@ -154,13 +153,14 @@ def test_bench_times_int8_drafts_and_labels_the_eco_target_lossy(tmp_path):
 def test_int8_kernel_and_many_row_path_compute_the_same_products():
     """≤ MAX_ROWS rows take the int8 GEMV kernel, more rows torch's GEMM over the same integers: they may differ
     only in summation order, so a row's result does not depend on how many rows share its call."""
-    from specdec.kernels import cpu
-    q = Int8Linear(_linear())
+    from specdec.models.int8 import quantize_weight
+    lin = _linear()
+    q, (Q, scale) = Int8Linear(lin), quantize_weight(lin.weight.detach())
     x = torch.randn(cpu.MAX_ROWS + 3, 256)
     with torch.inference_mode():
         many = q(x)  # the GEMM path
         few = torch.cat([q(x[i:i + cpu.MAX_ROWS]) for i in range(0, x.shape[0], cpu.MAX_ROWS)])
-        ref = (x.double() @ q.q.double().t()) * q.scale.double() + q.bias.double()
+        ref = (x.double() @ Q.double().t()) * scale.double() + q.bias.double()
     torch.testing.assert_close(many.double(), ref, atol=2e-5, rtol=1e-5)
     torch.testing.assert_close(few.double(), ref, atol=2e-5, rtol=1e-5)
     assert q.gemv is not None or not cpu.available()
@@ -185,7 +185,6 @@ def test_amx_keeps_every_bit_of_the_activations():
 def test_amx_int8_matches_the_fp32_gemm_over_the_same_integers(M, K, N):
     """Ragged rows (a partial last 16-row block), column groups of 3 and 2 blocks, both threads' shares: within
     fp32 rounding of the exact result, as torch's fp32 GEMM is."""
-    from specdec.kernels import cpu
     g = torch.Generator().manual_seed(M)
     q = torch.randint(-127, 128, (K, N), dtype=torch.int8, generator=g)
     scale, bias = torch.rand(N, generator=g), torch.randn(N, generator=g)
