@@ -2,9 +2,11 @@
 
    Linears: fp32 activations against narrow weights, fp32 FMA accumulation. fp16 weights are exact (every product
    of an fp16 weight is exact, so outputs differ from an fp32 GEMM over the same values only by summation order);
-   int8 weights with one scale per column are weight-only int8 (lossy, for specdec.models.int8). Why they exist: at
-   1-8 rows the cost is reading W, and FBGEMM's fp16 GEMM reads it at ~half the machine's rate; these stream W in
-   packed column blocks with software prefetch.
+   int8 weights with one scale per column take int8 activations (W8A8, lossy, for specdec.models.int8): each row
+   quantised to int8 with its own scale, products summed exactly in int32 by AVX-512 VNNI (`vpdpbusd`) and, for many
+   rows, AMX-INT8 — every path gives bit-identical rows. Why they exist: at 1-8 rows the cost is reading W, and
+   FBGEMM's fp16 GEMM reads it at ~half the machine's rate; these stream W in packed column blocks with software
+   prefetch.
 
    `decode_layers`: whole post-norm blocks (qkv, K/V store into the paged cache, attention, out, residual+LayerNorm,
    ReLU FFN, residual+LayerNorm) for every layer in one call and one OpenMP parallel region, so a decode step pays
@@ -37,7 +39,6 @@ void pack_blocks(const char *w, int64_t K, int64_t N, int64_t elem, char *wp) {
 }
 
 #define LOAD_F16(wk, j) _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((wk) + 8 * (j))))
-#define LOAD_I8(wk, j) _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)((wk) + 8 * (j)))))
 
 /* R rows of x against one packed block [K][NB] of weights of type T → out[R][NB] (no scale, no bias). */
 #define ROWS(NAME, T, LOAD, R)                                                                                \
@@ -61,9 +62,6 @@ void pack_blocks(const char *w, int64_t K, int64_t N, int64_t elem, char *wp) {
 ROWS(f16_rows, uint16_t, LOAD_F16, 1)
 ROWS(f16_rows, uint16_t, LOAD_F16, 2)
 ROWS(f16_rows, uint16_t, LOAD_F16, 3)
-ROWS(i8_rows, int8_t, LOAD_I8, 1)
-ROWS(i8_rows, int8_t, LOAD_I8, 2)
-ROWS(i8_rows, int8_t, LOAD_I8, 3)
 
 /* One row of x against 4 consecutive packed blocks at once → out[4][NB]: four weight streams in flight and 16
    independent FMA chains, where one block alone leaves a row bound by the FMA latency of its 4 chains. */
@@ -84,13 +82,11 @@ ROWS(i8_rows, int8_t, LOAD_I8, 3)
             for (int j = 0; j < 4; j++) _mm256_storeu_ps(out[i] + 8 * j, acc[i][j]);                        \
     }
 QUAD(f16_quad, uint16_t, LOAD_F16)
-QUAD(i8_quad, int8_t, LOAD_I8)
 
 /* AVX-512 (where the CPU has it): up to 8 rows against one block in a single pass, 2 registers of 16 columns per
    row, so a verification pass widens each weight once instead of once per group of 3 rows (AVX2 has too few
    registers for more) and issues half the FMAs. */
 #define LOAD512_F16(wk, j) _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)((wk) + 16 * (j))))
-#define LOAD512_I8(wk, j) _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)((wk) + 16 * (j)))))
 #define ROWS512(NAME, T, LOAD, R, G)                                                                          \
     __attribute__((target("avx512f"))) static void NAME##R(const float *x, int64_t K, const T *wb,         \
                                                             float out[][NB]) {                              \
@@ -130,10 +126,6 @@ QUAD(i8_quad, int8_t, LOAD_I8)
     static void (*const NAME##2b[8])(const float *, int64_t, const T *, float[][NB]) = {                      \
         0, 0, NAME##2b_2, NAME##2b_3, NAME##2b_4, NAME##2b_5, NAME##2b_6, NAME##2b_7};
 ROWS512_ALL(f16_rows512_, uint16_t, LOAD512_F16)
-ROWS512_ALL(i8_rows512_, int8_t, LOAD512_I8)
-/* One int8 row against 4 blocks: widening int8 is the bottleneck of the AVX2 quad (96 v2 block matmuls 3.9 -> 2.9 ms,
-   2-core Xeon, 2026-11-26); fp16 rows are bound by memory either way, and stay on the AVX2 quad. */
-ROWS512(i8_quad512_, int8_t, LOAD512_I8, 1, 4)
 
 static int use_avx512;
 
@@ -146,38 +138,35 @@ int set_avx512(int on) {
 
 __attribute__((constructor)) static void default_avx512(void) { set_avx512(1); }
 
-/* One packed linear: W [K, N] packed by pack_blocks with `elem` bytes per weight (2: fp16, 1: int8), one scale per
-   column or NULL, bias [N] or NULL. Mirrored by ctypes in kernels/cpu.py. */
+/* One packed linear: W [K, N] packed by pack_blocks (elem 2: fp16) or pack_int8 (elem 1: int8, one scale per
+   column), bias [N] or NULL. Mirrored by ctypes in kernels/cpu.py. */
 typedef struct {
     const void *w;
     const float *scale, *bias;
     int64_t K, N, elem;
 } Lin;
 
-/* y[0:nn] = relu?(acc * scale + bias) for the columns n0.. of one block */
+/* y[0:nn] = relu?(acc + bias) for the columns n0.. of one block */
 static void store_cols(const Lin *L, const float *acc, float *y, int64_t n0, int64_t nn, int relu) {
     for (int64_t j = 0; j < nn; j++) {
-        float v = acc[j] * (L->scale ? L->scale[n0 + j] : 1.0f) + (L->bias ? L->bias[n0 + j] : 0.0f);
+        float v = acc[j] + (L->bias ? L->bias[n0 + j] : 0.0f);
         y[j] = relu && v < 0.0f ? 0.0f : v;
     }
 }
 
-/* y [M, N] = relu?((x [M, K] · W) * scale + bias). Work units (4 blocks for one row, 2 for up to 7 rows with
+/* fp16 weights: y [M, N] = relu?(x [M, K] · W + bias). Work units (4 blocks for one row, 2 for up to 7 rows with
    AVX-512, else 1 block for every row) are shared out with an orphaned `omp for`: called inside a parallel region
    it splits the work among the team (and ends at its barrier), outside one it runs alone. */
-static void lin_rows(const Lin *L, const float *x, int64_t M, float *y, int relu) {
+static void f16_lin_rows(const Lin *L, const float *x, int64_t M, float *y, int relu) {
     int64_t K = L->K, N = L->N, nblocks = (N + NB - 1) / NB;
     int64_t G = M == 1 ? 4 : use_avx512 && M <= 7 ? 2 : 1; /* blocks per work unit */
 #pragma omp for schedule(static)
     for (int64_t u = 0; u < (nblocks + G - 1) / G; u++) {
         float out[14][NB];
         if (G > 1 && u * G + G <= nblocks) {
-            const char *wu = (const char *)L->w + u * G * K * NB * L->elem;
-            if (G == 4 && L->elem == 2) f16_quad(x, K, (const uint16_t *)wu, out);
-            else if (G == 4 && use_avx512) i8_quad512_1(x, K, (const int8_t *)wu, out);
-            else if (G == 4) i8_quad(x, K, (const int8_t *)wu, out);
-            else if (L->elem == 2) f16_rows512_2b[M](x, K, (const uint16_t *)wu, out);
-            else i8_rows512_2b[M](x, K, (const int8_t *)wu, out);
+            const uint16_t *wu = (const uint16_t *)L->w + u * G * K * NB;
+            if (G == 4) f16_quad(x, K, wu, out);
+            else f16_rows512_2b[M](x, K, wu, out);
             for (int64_t g = 0, n0 = u * G * NB; g < G; g++, n0 += NB)
                 for (int64_t i = 0; i < M; i++)
                     store_cols(L, out[g * M + i], y + i * N + n0, n0, N - n0 < NB ? N - n0 : NB, relu);
@@ -186,29 +175,166 @@ static void lin_rows(const Lin *L, const float *x, int64_t M, float *y, int relu
         int64_t RG = use_avx512 ? 8 : 3; /* rows per pass over a block */
         for (int64_t b = u * G; b < nblocks && b < (u + 1) * G; b++) {
             int64_t n0 = b * NB, nn = N - n0 < NB ? N - n0 : NB;
+            const uint16_t *wb = (const uint16_t *)L->w + b * K * NB;
             for (int64_t m0 = 0; m0 < M; m0 += RG) {
                 int64_t mm = M - m0 < RG ? M - m0 : RG;
                 const float *xm = x + m0 * K;
-                if (L->elem == 2) {
-                    const uint16_t *wb = (const uint16_t *)L->w + b * K * NB;
-                    if (use_avx512) f16_rows512_[mm](xm, K, wb, out);
-                    else if (mm == 3) f16_rows3(xm, K, wb, out);
-                    else if (mm == 2) f16_rows2(xm, K, wb, out);
-                    else f16_rows1(xm, K, wb, out);
-                } else {
-                    const int8_t *wb = (const int8_t *)L->w + b * K * NB;
-                    if (use_avx512) i8_rows512_[mm](xm, K, wb, out);
-                    else if (mm == 3) i8_rows3(xm, K, wb, out);
-                    else if (mm == 2) i8_rows2(xm, K, wb, out);
-                    else i8_rows1(xm, K, wb, out);
-                }
+                if (use_avx512) f16_rows512_[mm](xm, K, wb, out);
+                else if (mm == 3) f16_rows3(xm, K, wb, out);
+                else if (mm == 2) f16_rows2(xm, K, wb, out);
+                else f16_rows1(xm, K, wb, out);
                 for (int64_t i = 0; i < mm; i++) store_cols(L, out[i], y + (m0 + i) * N + n0, n0, nn, relu);
             }
         }
     }
 }
 
-/* y [M, N] = x [M, K] · W * scale + bias for one packed linear (see Lin), all threads. */
+/* ---- int8 weights, int8 activations (W8A8: specdec.models.int8) ---------------------------------------------
+
+   Each row of x is quantised on its own: s = max|x| / 127 (1 for a zero row, NaN for a non-finite one, whose outputs
+   are then NaN), x_q = round-half-even(x / s), clamped to [-127, 127]. Then y = ((float)(x_q · Q) * s) * scale +
+   bias: the int32 sum exact, each float operation rounded on its own (rounding-mode intrinsics, which the compiler
+   never fuses into an FMA), in the order specdec.models.int8 computes it in torch. So the VNNI kernel (few rows),
+   the AMX kernel (many rows) and torch agree bit for bit, and a row's result never depends on its batch.
+   `vpdpbusd` multiplies unsigned by signed bytes, and only the signed operand can be a broadcast from memory: so
+   Q is stored as Q + 128 (pack_int8: [N/NB][K4/4][NB][4], K4 = K rounded up to 4, zero-padded Q) and the kernel
+   subtracts 128 · Σ_k x_q[k] per row. One 64-byte load holds 4 k of 16 columns. */
+#define VNNI_TARGET __attribute__((target("avx512f,avx512bw,avx512vnni")))
+#define RN (_MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
+
+/* 1 if the CPU runs the int8 kernels (AVX-512 VNNI and BW) */
+int vnni_available(void) {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512bw");
+}
+
+void pack_int8(const int8_t *q, int64_t K, int64_t N, uint8_t *wp) {
+    int64_t K4 = (K + 3) / 4 * 4, nblocks = (N + NB - 1) / NB;
+    for (int64_t b = 0; b < nblocks; b++)
+        for (int64_t k = 0; k < K4; k++)
+            for (int64_t c = 0, n = b * NB; c < NB; c++, n++)
+                wp[(b * K4 + k / 4 * 4) * NB + c * 4 + k % 4] = (uint8_t)((k < K && n < N ? q[k * N + n] : 0) + 128);
+}
+
+/* x [K] → x_q [Kp] int8 (zero beyond K), its scale s and Σ x_q */
+VNNI_TARGET static void quantize_row(const float *x, int64_t K, int64_t Kp, int8_t *xq, float *s, int32_t *sum) {
+    __m512 amax = _mm512_setzero_ps();
+    __mmask16 nan = 0;
+    for (int64_t k = 0; k < K; k += 16) {
+        __mmask16 m = K - k < 16 ? (__mmask16)((1u << (K - k)) - 1) : 0xffff;
+        __m512 v = _mm512_maskz_loadu_ps(m, x + k);
+        nan |= _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+        amax = _mm512_max_ps(amax, _mm512_abs_ps(v));
+    }
+    float a = _mm512_reduce_max_ps(amax), sc = a / 127.0f;
+    sc = sc == 0.0f ? 1.0f : nan || !(sc <= 3.4e38f) ? NAN : sc;
+    __m512 vs = _mm512_set1_ps(sc), lo = _mm512_set1_ps(-127.0f), hi = _mm512_set1_ps(127.0f);
+    __m512i acc = _mm512_setzero_si512();
+    for (int64_t k = 0; k < Kp; k += 16) {
+        __mmask16 m = K - k >= 16 ? 0xffff : K > k ? (__mmask16)((1u << (K - k)) - 1) : 0;
+        __m512 v = _mm512_roundscale_ps(_mm512_div_ps(_mm512_maskz_loadu_ps(m, x + k), vs), RN);
+        __m512i i = _mm512_maskz_cvtps_epi32(m, _mm512_min_ps(_mm512_max_ps(v, lo), hi));
+        acc = _mm512_add_epi32(acc, i);
+        _mm512_mask_cvtepi32_storeu_epi8(xq + k, Kp - k >= 16 ? 0xffff : (__mmask16)((1u << (Kp - k)) - 1), i);
+    }
+    *s = sc, *sum = _mm512_reduce_add_epi32(acc);
+}
+
+/* y[0:nn] = relu?(((float)acc * s) * scale + bias) for the columns n0.. (see above for why this order) */
+VNNI_TARGET static void i8_store(const Lin *L, const int32_t *acc, float s, float *y, int64_t n0, int64_t nn,
+                                 int relu) {
+    for (int64_t j = 0; j < nn; j += 16) {
+        __mmask16 m = nn - j < 16 ? (__mmask16)((1u << (nn - j)) - 1) : 0xffff;
+        __m512 v = _mm512_mul_round_ps(_mm512_cvtepi32_ps(_mm512_maskz_loadu_epi32(m, acc + j)), _mm512_set1_ps(s),
+                                       RN);
+        v = _mm512_mul_round_ps(v, _mm512_maskz_loadu_ps(m, L->scale + n0 + j), RN);
+        if (L->bias) v = _mm512_add_round_ps(v, _mm512_maskz_loadu_ps(m, L->bias + n0 + j), RN);
+        if (relu) v = _mm512_max_ps(v, _mm512_setzero_ps());
+        _mm512_mask_storeu_ps(y + j, m, v);
+    }
+}
+
+/* R rows of x_q [R][K4] against G consecutive packed blocks → out[G·R][NB] = x_q · Q (int32, exact) */
+#define I8_ROWS(R, G)                                                                                          \
+    VNNI_TARGET static void i8_rows_##R##_##G(const int8_t *xq, const int32_t *sum, int64_t K4, const uint8_t *wb, \
+                                              int32_t out[][NB]) {                                             \
+        __m512i acc[G][R][2];                                                                                  \
+        for (int g = 0; g < G; g++)                                                                            \
+            for (int i = 0; i < R; i++) acc[g][i][0] = acc[g][i][1] = _mm512_setzero_si512();                   \
+        for (int64_t k = 0; k < K4; k += 4) {                                                                  \
+            for (int g = 0; g < G; g++) {                                                                      \
+                const uint8_t *wk = wb + (g * K4 + k) * NB;                                                    \
+                _mm_prefetch((const char *)(wk + PF * 2 * NB), _MM_HINT_T0);                                   \
+                _mm_prefetch((const char *)(wk + PF * 2 * NB + 64), _MM_HINT_T0);                              \
+                __m512i w0 = _mm512_loadu_si512(wk), w1 = _mm512_loadu_si512(wk + 64);                         \
+                for (int i = 0; i < R; i++) {                                                                  \
+                    int32_t x4;                                                                                \
+                    memcpy(&x4, xq + i * K4 + k, 4);                                                           \
+                    __m512i xv = _mm512_set1_epi32(x4);                                                        \
+                    acc[g][i][0] = _mm512_dpbusd_epi32(acc[g][i][0], w0, xv);                                  \
+                    acc[g][i][1] = _mm512_dpbusd_epi32(acc[g][i][1], w1, xv);                                  \
+                }                                                                                              \
+            }                                                                                                  \
+        }                                                                                                      \
+        for (int g = 0; g < G; g++)                                                                            \
+            for (int i = 0; i < R; i++) {                                                                      \
+                __m512i c = _mm512_set1_epi32(128 * sum[i]);                                                   \
+                _mm512_storeu_si512(out[g * R + i], _mm512_sub_epi32(acc[g][i][0], c));                        \
+                _mm512_storeu_si512(out[g * R + i] + 16, _mm512_sub_epi32(acc[g][i][1], c));                   \
+            }                                                                                                  \
+    }
+/* one row against 4 blocks (four weight streams in flight), up to 7 rows against 2 (4R accumulators and 4 weight
+   registers fill the 32; x_q is the instruction's broadcast memory operand), up to 8 against 1 */
+I8_ROWS(1, 4)
+I8_ROWS(2, 2) I8_ROWS(3, 2) I8_ROWS(4, 2) I8_ROWS(5, 2) I8_ROWS(6, 2) I8_ROWS(7, 2)
+I8_ROWS(1, 1) I8_ROWS(2, 1) I8_ROWS(3, 1) I8_ROWS(4, 1) I8_ROWS(5, 1) I8_ROWS(6, 1) I8_ROWS(7, 1) I8_ROWS(8, 1)
+typedef void (*I8Rows)(const int8_t *, const int32_t *, int64_t, const uint8_t *, int32_t[][NB]);
+static const I8Rows i8_rows_2b[8] = {0, 0, i8_rows_2_2, i8_rows_3_2, i8_rows_4_2, i8_rows_5_2, i8_rows_6_2,
+                                     i8_rows_7_2};
+static const I8Rows i8_rows_1b[9] = {0, i8_rows_1_1, i8_rows_2_1, i8_rows_3_1, i8_rows_4_1, i8_rows_5_1,
+                                     i8_rows_6_1, i8_rows_7_1, i8_rows_8_1};
+
+/* int8 weights: as f16_lin_rows, on the W8A8 arithmetic above. Every thread quantises all M rows for itself (a few
+   µs at 16 rows: cheaper than a barrier). */
+VNNI_TARGET static void i8_lin_rows(const Lin *L, const float *x, int64_t M, float *y, int relu) {
+    int64_t K = L->K, N = L->N, K4 = (K + 3) / 4 * 4, nblocks = (N + NB - 1) / NB;
+    int64_t G = M == 1 ? 4 : M <= 7 ? 2 : 1;
+    int8_t *xq = malloc(M * K4 + M * (sizeof(float) + sizeof(int32_t)));
+    float *s = (float *)(xq + M * K4);
+    int32_t *sum = (int32_t *)(s + M);
+    for (int64_t i = 0; i < M; i++) quantize_row(x + i * K, K, K4, xq + i * K4, s + i, sum + i);
+#pragma omp for schedule(static)
+    for (int64_t u = 0; u < (nblocks + G - 1) / G; u++) {
+        int32_t out[14][NB];
+        if (G > 1 && u * G + G <= nblocks) {
+            const uint8_t *wu = (const uint8_t *)L->w + u * G * K4 * NB;
+            if (G == 4) i8_rows_1_4(xq, sum, K4, wu, out);
+            else i8_rows_2b[M](xq, sum, K4, wu, out);
+            for (int64_t g = 0, n0 = u * G * NB; g < G; g++, n0 += NB)
+                for (int64_t i = 0; i < M; i++)
+                    i8_store(L, out[g * M + i], s[i], y + i * N + n0, n0, N - n0 < NB ? N - n0 : NB, relu);
+            continue;
+        }
+        for (int64_t b = u * G; b < nblocks && b < (u + 1) * G; b++) {
+            int64_t n0 = b * NB, nn = N - n0 < NB ? N - n0 : NB;
+            for (int64_t m0 = 0; m0 < M; m0 += 8) {
+                int64_t mm = M - m0 < 8 ? M - m0 : 8;
+                i8_rows_1b[mm](xq + m0 * K4, sum + m0, K4, (const uint8_t *)L->w + b * K4 * NB, out);
+                for (int64_t i = 0; i < mm; i++)
+                    i8_store(L, out[i], s[m0 + i], y + (m0 + i) * N + n0, n0, nn, relu);
+            }
+        }
+    }
+    free(xq);
+}
+
+/* y [M, N] = relu?(x [M, K] · W …) for either kind of packed linear (int8 needs vnni_available()) */
+static void lin_rows(const Lin *L, const float *x, int64_t M, float *y, int relu) {
+    if (L->elem == 1) i8_lin_rows(L, x, M, y, relu);
+    else f16_lin_rows(L, x, M, y, relu);
+}
+
+/* y [M, N] = x [M, K] · W … for one packed linear (see Lin), all threads. */
 void linear(const void *w, const float *scale, const float *bias, int64_t K, int64_t N, int64_t elem,
             const float *x, int64_t M, float *y) {
     Lin L = {w, scale, bias, K, N, elem};
@@ -216,74 +342,47 @@ void linear(const void *w, const float *scale, const float *bias, int64_t K, int
     lin_rows(&L, x, M, y, 0);
 }
 
-/* ---- many rows against int8 weights on AMX (the eco target's prefill) -------------------------------------
+/* ---- many rows against int8 weights on AMX-INT8 (the eco target's prefill) --------------------------------
 
-   y = (x·Q)·scale + bias as Int8Linear defines it, with fp32 x, computed by AMX's bf16 tile product: Q's values
-   (|q| <= 127) are exact in bf16, and x = x1 + x2 + x3 splits exactly into three bf16 parts (8 + 8 + 8 significant
-   bits, each the round-to-nearest-even of what the previous parts leave), so x·Q = x1·Q + x2·Q + x3·Q: every
-   product exact, accumulated in fp32 — the arithmetic of an fp32 GEMM over the same integers, in another order.
-   2.2-3.2x torch's fp32 GEMM for the v2 shapes at 177 rows (2-core Xeon, 2026-11-27). Exact fp16 weights would
-   need two bf16 parts each and five products, which gained nothing here: tile loads (~18 ns each on this
-   machine, as much as 2.7 tile products) bound it. Needs K % 32 == 0 and N % 16 == 0. */
+   The same W8A8 arithmetic as i8_lin_rows (rows quantised by quantize_row, int32 sums exact, the same epilogue),
+   with AMX's signed int8 tile product: bit-identical rows. Needs K % 64 == 0 and N % 16 == 0. */
 #if (defined(__clang__) && __clang_major__ >= 12) || (!defined(__clang__) && __GNUC__ >= 11)
 #include <omp.h>
 #include <sys/syscall.h>
 #include <unistd.h>
-#define AMX_TARGET __attribute__((target("amx-tile,amx-bf16,avx512f,avx512bw")))
+#define AMX_TARGET __attribute__((target("amx-tile,amx-int8,avx512f,avx512bw,avx512vnni")))
 typedef struct {
     uint8_t palette_id, start_row, reserved[14];
     uint16_t colsb[16];
     uint8_t rows[16];
 } TileConfig;
 
-/* 1 if the CPU has AMX-BF16 and the kernel lets this process use tile data (Linux asks for it per process). */
+/* 1 if the CPU has AMX-INT8 and the kernel lets this process use tile data (Linux asks for it per process). */
 int amx_init(void) {
     unsigned a, b, c, d;
     __asm__("cpuid" : "=a"(a), "=b"(b), "=c"(c), "=d"(d) : "a"(7), "c"(0));
-    if (!((d >> 22) & 1) || !((d >> 24) & 1) || !__builtin_cpu_supports("avx512bw")) return 0; /* AMX-BF16, -TILE */
+    if (!((d >> 24) & 1) || !((d >> 25) & 1) || !vnni_available()) return 0; /* AMX-TILE, AMX-INT8 */
     return syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XFEATURE_XTILEDATA */) == 0;
 }
 
-/* Q [K, N] int8 → bf16 B tiles [N/16][K/32][16 pairs of k][16 columns][2] (AMX's pair-interleaved layout) */
-void amx_pack_int8(const int8_t *q, int64_t K, int64_t N, uint16_t *wp) {
+/* Q [K, N] int8 → B tiles [N/16][K/64][16 groups of 4 k][16 columns][4] (AMX's 4-byte-interleaved layout) */
+void amx_pack_int8(const int8_t *q, int64_t K, int64_t N, int8_t *wp) {
     for (int64_t nb = 0; nb < N / 16; nb++)
         for (int64_t k = 0; k < K; k++)
-            for (int64_t c = 0; c < 16; c++) {
-                float v = q[k * N + nb * 16 + c];
-                uint32_t bits;
-                memcpy(&bits, &v, 4);
-                wp[((nb * (K / 32) + k / 32) * 16 + (k % 32) / 2) * 32 + c * 2 + k % 2] = (uint16_t)(bits >> 16);
-            }
+            for (int64_t c = 0; c < 16; c++)
+                wp[((nb * (K / 64) + k / 64) * 16 + (k % 64) / 4) * 64 + c * 4 + k % 4] = q[k * N + nb * 16 + c];
 }
 
-/* rows [m0, m1) of x [M, K] (rows from M on are zero) → bf16 A tiles [Mp/16][K/32][part 0..2][16][32]: part p is
-   the round-to-nearest-even of x - (parts before it), by integer arithmetic (no bf16 instructions needed) */
-AMX_TARGET static void split_rows(const float *x, int64_t m0, int64_t m1, int64_t M, int64_t K, uint16_t *at) {
-    const __m512i half = _mm512_set1_epi32(0x7fff), one = _mm512_set1_epi32(1);
-    for (int64_t m = m0; m < m1; m++)
-        for (int64_t k = 0; k < K; k += 16) {
-            __m512 v = m < M ? _mm512_loadu_ps(x + m * K + k) : _mm512_setzero_ps();
-            uint16_t *dst = at + ((m / 16) * (K / 32) + k / 32) * 3 * 512 + (m % 16) * 32 + k % 32;
-            for (int p = 0; p < 3; p++) {
-                __m512i b = _mm512_castps_si512(v);
-                __m512i hi = _mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(b, half),
-                                                                _mm512_and_si512(_mm512_srli_epi32(b, 16), one)), 16);
-                _mm256_storeu_si256((__m256i *)(dst + p * 512), _mm512_cvtepi32_epi16(hi));
-                v = _mm512_sub_ps(v, _mm512_castsi512_ps(_mm512_slli_epi32(hi, 16)));
-            }
-        }
-}
-
-/* C tile t += x1·B + x2·B + x3·B (A parts in tiles 5-7) */
-#define AMX_TERMS(t) _tile_dpbf16ps(t, 5, 3); _tile_dpbf16ps(t, 6, 3); _tile_dpbf16ps(t, 7, 3);
-
-/* y [M, N] = (x [M, K] · Q) * scale + bias (scale, bias [N] or NULL), Q packed by amx_pack_int8. Each thread takes
-   a share of the 16-row blocks and runs them against 3 column blocks at a time: per 32-wide K step, 3 A tiles (the
-   parts) and one B tile per column block feed 9 tile products. */
-AMX_TARGET void amx_linear_int8(const uint16_t *wp, const float *scale, const float *bias, int64_t K, int64_t N,
+/* y [M, N] = W8A8 (x [M, K] · Q) with one scale per column and an optional bias, Q packed by amx_pack_int8. Each
+   thread quantises its share of the 16-row blocks into A tiles [16][64] and runs them two at a time against two
+   column blocks at a time: per 64-wide K step 2 A and 2 B tile loads feed 4 tile products. */
+AMX_TARGET void amx_linear_int8(const int8_t *wp, const float *scale, const float *bias, int64_t K, int64_t N,
                                 const float *x, int64_t M, float *y) {
-    int64_t nkc = K / 32, nmb = (M + 15) / 16, ncb = N / 16;
-    uint16_t *at = aligned_alloc(64, nmb * nkc * 3 * 512 * sizeof(uint16_t));
+    int64_t nkc = K / 64, nmb = (M + 15) / 16, ncb = N / 16;
+    int8_t *at = aligned_alloc(64, nmb * nkc * 1024);
+    float *s = malloc(sizeof(float) * nmb * 16);
+    int32_t *sum = malloc(sizeof(int32_t) * nmb * 16);
+    Lin L = {wp, scale, bias, K, N, 1};
 #pragma omp parallel
     {
         TileConfig cfg;
@@ -293,46 +392,51 @@ AMX_TARGET void amx_linear_int8(const uint16_t *wp, const float *scale, const fl
         _tile_loadconfig(&cfg);
         int nt = omp_get_num_threads(), id = omp_get_thread_num();
         int64_t mb0 = nmb * id / nt, mb1 = nmb * (id + 1) / nt;
-        split_rows(x, mb0 * 16, mb1 * 16, M, K, at);
-        float acc[16][48];
-        for (int64_t cb = 0; cb < ncb; cb += 3) {
-            int64_t nc = ncb - cb < 3 ? ncb - cb : 3;
-            const uint16_t *b0 = wp + cb * nkc * 512, *b1 = b0 + nkc * 512, *b2 = b1 + nkc * 512;
-            for (int64_t mb = mb0; mb < mb1; mb++) {
+        int8_t row[K];
+        for (int64_t m = mb0 * 16; m < mb1 * 16; m++) {
+            if (m < M) quantize_row(x + m * K, K, K, row, s + m, sum + m);
+            else memset(row, 0, K);
+            for (int64_t kc = 0; kc < nkc; kc++)
+                memcpy(at + ((m / 16) * nkc + kc) * 1024 + (m % 16) * 64, row + kc * 64, 64);
+        }
+        int32_t acc[32][32];
+        for (int64_t cb = 0; cb < ncb; cb += 2) {
+            int nc = ncb - cb < 2 ? 1 : 2;
+            const int8_t *b0 = wp + cb * nkc * 1024, *b1 = b0 + nkc * 1024;
+            for (int64_t mb = mb0; mb < mb1; mb += 2) {
+                int nm = mb1 - mb < 2 ? 1 : 2;
+                const int8_t *a0 = at + mb * nkc * 1024, *a1 = a0 + nkc * 1024;
                 _tile_zero(0);
                 _tile_zero(1);
                 _tile_zero(2);
+                _tile_zero(3);
                 for (int64_t kc = 0; kc < nkc; kc++) {
-                    const uint16_t *a = at + (mb * nkc + kc) * 3 * 512;
-                    _tile_loadd(5, a, 64);
-                    _tile_loadd(6, a + 512, 64);
-                    _tile_loadd(7, a + 1024, 64);
-                    _tile_loadd(3, b0 + kc * 512, 64);
-                    AMX_TERMS(0)
-                    if (nc > 1) { _tile_loadd(3, b1 + kc * 512, 64); AMX_TERMS(1) }
-                    if (nc > 2) { _tile_loadd(3, b2 + kc * 512, 64); AMX_TERMS(2) }
+                    _tile_loadd(4, a0 + kc * 1024, 64);
+                    _tile_loadd(6, b0 + kc * 1024, 64);
+                    _tile_dpbssd(0, 4, 6);
+                    if (nm > 1) { _tile_loadd(5, a1 + kc * 1024, 64); _tile_dpbssd(2, 5, 6); }
+                    if (nc > 1) {
+                        _tile_loadd(7, b1 + kc * 1024, 64);
+                        _tile_dpbssd(1, 4, 7);
+                        if (nm > 1) _tile_dpbssd(3, 5, 7);
+                    }
                 }
                 _tile_stored(0, acc[0], sizeof acc[0]);
-                if (nc > 1) _tile_stored(1, acc[0] + 16, sizeof acc[0]);
-                if (nc > 2) _tile_stored(2, acc[0] + 32, sizeof acc[0]);
-                for (int64_t r = 0; r < 16 && mb * 16 + r < M; r++)
-                    for (int64_t j = 0; j < 16 * nc; j += 16) {
-                        int64_t n = cb * 16 + j;
-                        __m512 v = _mm512_loadu_ps(acc[r] + j);
-                        if (scale) v = _mm512_mul_ps(v, _mm512_loadu_ps(scale + n));
-                        if (bias) v = _mm512_add_ps(v, _mm512_loadu_ps(bias + n));
-                        _mm512_storeu_ps(y + (mb * 16 + r) * N + n, v);
-                    }
+                _tile_stored(1, acc[0] + 16, sizeof acc[0]);
+                _tile_stored(2, acc[16], sizeof acc[0]);
+                _tile_stored(3, acc[16] + 16, sizeof acc[0]);
+                for (int64_t r = 0; r < 16 * nm && mb * 16 + r < M; r++)
+                    i8_store(&L, acc[r], s[mb * 16 + r], y + (mb * 16 + r) * N + cb * 16, cb * 16, 16 * nc, 0);
             }
         }
         _tile_release();
     }
-    free(at);
+    free(at), free(s), free(sum);
 }
 #else
 int amx_init(void) { return 0; }
-void amx_pack_int8(const int8_t *q, int64_t K, int64_t N, uint16_t *wp) { (void)q, (void)K, (void)N, (void)wp; }
-void amx_linear_int8(const uint16_t *wp, const float *scale, const float *bias, int64_t K, int64_t N,
+void amx_pack_int8(const int8_t *q, int64_t K, int64_t N, int8_t *wp) { (void)q, (void)K, (void)N, (void)wp; }
+void amx_linear_int8(const int8_t *wp, const float *scale, const float *bias, int64_t K, int64_t N,
                      const float *x, int64_t M, float *y) {
     (void)wp, (void)scale, (void)bias, (void)K, (void)N, (void)x, (void)M, (void)y;
 }

@@ -1,12 +1,12 @@
-"""CPU kernels on x86 (kernels/cpu.c), built on first use: for few rows the exact fp16-weight linear, the
-weight-only int8 linear (lossy; specdec.models.int8) and whole decode blocks over the paged cache (`DecodeLayers`);
-for many rows of the int8 linear (the eco target's prefill), an AMX kernel where the CPU has AMX (`AmxInt8`).
+"""CPU kernels on x86 (kernels/cpu.c), built on first use: for few rows the exact fp16-weight linear, the W8A8
+int8 linear where the CPU has AVX-512 VNNI (lossy; specdec.models.int8) and whole decode blocks over the paged cache
+(`DecodeLayers`); for many rows of the int8 linear (the eco target's prefill), an AMX-INT8 kernel (`AmxInt8`).
 
 The C source is compiled once per machine with the system C compiler (`$CC`, else `cc`) into
 `$XDG_CACHE_HOME/specdec` (default ~/.cache/specdec), named by the hash of source and flags, and loaded with ctypes
 (which releases the GIL for the call). Where that cannot happen — not Linux x86-64, no AVX2/F16C/FMA, no compiler,
 or `SPECDEC_CPU_KERNELS=0` — `available()` is False and callers keep torch (FBGEMM's fp16 GEMM, exact too, for the
-fp16 weights; an fp32 GEMM over the same integers for int8; the per-op block).
+fp16 weights; torch's int8 GEMM for int8, bit-identical; the per-op block).
 """
 from __future__ import annotations
 
@@ -81,6 +81,7 @@ def _lib():
             return None
     lib = ctypes.CDLL(so)
     lib.pack_blocks.argtypes, lib.pack_blocks.restype = [_p, _i, _i, _i, _p], None
+    lib.pack_int8.argtypes, lib.pack_int8.restype = [_p, _i, _i, _p], None
     lib.linear.argtypes, lib.linear.restype = [_p, _p, _p, _i, _i, _i, _p, _i, _p], None
     lib.decode_layers.argtypes = [_p, _i, _p, _i, _i, _i, _f, _p, _p, _p, _p, _i, _i, _i]
     lib.decode_layers.restype = None
@@ -101,9 +102,15 @@ def available() -> bool:
 
 
 @functools.lru_cache(maxsize=1)
+def int8_available() -> bool:
+    """The int8 kernels run here (AVX-512 VNNI)."""
+    return available() and bool(_lib().vnni_available())
+
+
+@functools.lru_cache(maxsize=1)
 def amx_available() -> bool:
-    """The CPU has AMX-BF16 and Linux granted this process its tile registers (asked once, here)."""
-    return available() and bool(_lib().amx_init())
+    """The CPU has AMX-INT8 and Linux granted this process its tile registers (asked once, here)."""
+    return int8_available() and bool(_lib().amx_init())
 
 
 def use_avx512(on: bool) -> bool:
@@ -112,14 +119,10 @@ def use_avx512(on: bool) -> bool:
 
 
 class _Packed:
-    """Weights [K, N] in the kernel's block layout, one scale per column or None, bias [N] or None."""
+    """Weights [K, N] packed for the kernels (`data`), one scale per column or None, bias [N] or None."""
 
-    def __init__(self, w: torch.Tensor, scale: torch.Tensor | None, bias: torch.Tensor | None):
-        lib = _lib()
-        self.K, self.N = w.shape
-        w = w.detach().contiguous()
-        self.data = torch.empty(-(-self.N // _NB) * self.K * _NB, dtype=w.dtype)
-        lib.pack_blocks(w.data_ptr(), self.K, self.N, w.element_size(), self.data.data_ptr())
+    def __init__(self, data: torch.Tensor, K: int, N: int, scale: torch.Tensor | None, bias: torch.Tensor | None):
+        self.K, self.N, self.data = K, N, data
         self.scale = None if scale is None else scale.detach().float().contiguous()
         self.bias = None if bias is None else bias.detach().float().contiguous()
         self._bind()
@@ -148,25 +151,36 @@ class PackedFP16(_Packed):
     """W [K, N] fp32 whose values are exactly representable in fp16: exact."""
 
     def __init__(self, w: torch.Tensor, bias: torch.Tensor | None):
-        super().__init__(w.detach().to(torch.float16), None, bias)
+        K, N = w.shape
+        w = w.detach().to(torch.float16).contiguous()
+        data = torch.empty(-(-N // _NB) * K * _NB, dtype=torch.float16)
+        _lib().pack_blocks(w.data_ptr(), K, N, 2, data.data_ptr())
+        super().__init__(data, K, N, None, bias)
 
 
 class PackedInt8(_Packed):
-    """Q [K, N] int8 with one scale per column [N]: y = (x·Q)·scale + bias."""
+    """Q [K, N] int8 with one scale per column [N]: y = W8A8(x, Q)·scale + bias (specdec.models.int8 defines it).
+    Needs `int8_available()`."""
+
+    def __init__(self, q: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None):
+        K, N = q.shape
+        data = torch.empty(-(-N // _NB) * -(-K // 4) * 4 * _NB, dtype=torch.uint8)
+        _lib().pack_int8(q.detach().contiguous().data_ptr(), K, N, data.data_ptr())
+        super().__init__(data, K, N, scale, bias)
 
 
 class AmxInt8:
     """Q [K, N] int8 with one scale per column and an optional bias, for many rows on AMX (`amx_linear_int8`: the
-    same products as an fp32 GEMM over Q's values, summed in another order). Needs `amx_available()`,
-    K % 32 == 0 and N % 16 == 0 (`fits`)."""
+    W8A8 arithmetic of `PackedInt8`, bit-identical rows). Needs `amx_available()`, K % 64 == 0 and N % 16 == 0
+    (`fits`)."""
 
     @staticmethod
     def fits(K: int, N: int) -> bool:
-        return K % 32 == 0 and N % 16 == 0 and amx_available()
+        return K % 64 == 0 and N % 16 == 0 and amx_available()
 
     def __init__(self, q: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None):
         self.K, self.N = q.shape
-        self.tiles = torch.empty(self.K * self.N, dtype=torch.int16)  # bf16 bits
+        self.tiles = torch.empty(self.K * self.N, dtype=torch.int8)
         _lib().amx_pack_int8(q.contiguous().data_ptr(), self.K, self.N, self.tiles.data_ptr())
         self.scale = scale.detach().float().contiguous()
         self.bias = None if bias is None else bias.detach().float().contiguous()

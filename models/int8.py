@@ -1,18 +1,20 @@
 """int8 weights for the GPT's block matmuls on CPU (lossy: for drafts, which stay exact, and the opt-in eco target).
 
-Weight-only int8 (W8A32): one symmetric scale per output channel, weights rounded to [-127, 127], activations stay
-fp32, y = (x·Q)·scale + b. For up to `cpu.MAX_ROWS` rows (decode, verification) the project's kernel
-(kernels/cpu.c, `linear`) streams the int8 weights — a quarter of fp32's bytes; for more rows (prefill) its AMX
-kernel (`amx_linear_int8`, x split exactly into three bf16 parts) where the CPU has AMX, else the same Q as fp32
-values through torch's GEMM, scaled after it. Every path computes the same products and differs only in summation
-order: a row's result does not depend on the other rows of its batch, and the int8 model is one well-defined
-distribution.
+W8A8: one symmetric scale per output channel, weights rounded to [-127, 127]; each activation row quantised the
+same way with its own scale s (`quantize_rows`); y = ((x_q·Q as an exact int32 sum) · s) · scale + b, each float
+operation rounded on its own. For up to `cpu.MAX_ROWS` rows (decode, verification) the project's AVX-512 VNNI kernel
+(kernels/cpu.c, `linear`) streams the int8 weights — a quarter of fp32's bytes — and an extra row costs a few
+`vpdpbusd` instead of widening every weight to fp32; for more rows (prefill) its AMX-INT8 kernel; elsewhere torch's
+int8 GEMM (`torch._int_mm`). The sums are exact integers and the rest is the same float operations in the same
+order, so every path gives bit-identical rows: a row's result does not depend on its batch or on which path ran it,
+and the int8 model is one well-defined distribution.
 
-History: this used FBGEMM's dynamic int8 GEMM (`quantized::linear_dynamic`, activations quantised per call).
-Once the exact fp16-weight GEMV landed, that path was slower per decode row than the *exact* model (v2 shape, 2-core
-Xeon, 2026-11-26: eco 51.3 vs exact 61.3 tok/s), and it needed a per-row rescaling trick to keep batch rows
-independent; weight-only int8 is also the more accurate of the two. torchao 0.18 ships no CPU int8 kernels that
-beat fp32 here.
+History: FBGEMM's dynamic int8 GEMM (`quantized::linear_dynamic`) came first; it was slower per decode row than the
+exact fp16-weight kernel (v2 shape, 2026-11-26: eco 51.3 vs exact 61.3 tok/s) and shared one activation scale per
+call across rows. Weight-only int8 (W8A32) replaced it; its extra verification rows cost ~0.75 ms each at v2
+(widening int8 to fp32 is compute-bound), which W8A8 removes at twice W8A32's distance from fp32 (TV median 0.0031
+vs 0.0014 on the trained v2 target, argmax agreement 100 % for both, 2026-11-27). torchao 0.18 ships no CPU int8
+kernels that beat fp32 here.
 """
 from __future__ import annotations
 
@@ -20,7 +22,6 @@ import copy
 import dataclasses
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from specdec.errors import SpecdecError
@@ -35,8 +36,26 @@ def quantize_weight(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.round(w / scale[:, None]).clamp_(-127, 127).to(torch.int8), scale
 
 
+def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """x [n, K] fp32 → x_q [n, K] int8 and s [n]: s = max|x|/127 (1 for a zero row, NaN for a non-finite one),
+    x_q = round-half-even(x / s) clamped to [-127, 127] — what kernels/cpu.c's `quantize_row` computes."""
+    s = x.abs().amax(1) / 127
+    s = torch.where(s == 0, 1.0, torch.where(s.isfinite(), s, float("nan")))
+    xq = torch.round(x / s[:, None]).clamp_(-127, 127).nan_to_num_(0.0)
+    return xq.to(torch.int8), s
+
+
+def w8a8(x: torch.Tensor, qt: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """The int8 linear in torch: x [n, K] fp32, Q^T [K, N] int8 → ((x_q·Q^T) · s) · scale + bias [n, N], bit for
+    bit what the C kernels compute."""
+    xq, s = quantize_rows(x)
+    acc = torch._int_mm(xq, qt) if x.is_cpu else (xq.double() @ qt.double()).int()  # exact integers either way
+    y = acc.float().mul_(s[:, None]).mul_(scale)
+    return y if bias is None else y.add_(bias)
+
+
 class Int8Linear(nn.Module):
-    """Inference-only replacement for a Linear: weight-only int8, fp32 in and out."""
+    """Inference-only replacement for a Linear: W8A8 int8, fp32 in and out."""
 
     def __init__(self, lin: Linear):
         super().__init__()
@@ -45,10 +64,11 @@ class Int8Linear(nn.Module):
         bias = None if lin.bias is None else lin.bias.detach().float().clone()
         self.register_buffer("scale", scale)
         self.register_buffer("bias", bias)
-        self.gemv = cpu.PackedInt8(q.t(), scale, bias) if cpu.available() else None
+        self.gemv = cpu.PackedInt8(q.t(), scale, bias) if cpu.int8_available() else None
         self.amx = cpu.AmxInt8(q.t(), scale, bias) if cpu.AmxInt8.fits(self.in_features, self.out_features) else None
-        # many rows without AMX: torch's GEMM over Q's values as fp32
-        self.register_buffer("q_fp32", q.float() if self.amx is None else None, persistent=False)
+        # the rows neither kernel takes: torch's int8 GEMM
+        self.register_buffer("qt", q.t().contiguous() if self.amx is None or self.gemv is None else None,
+                             persistent=False)
 
     def cpu_pack(self) -> "cpu.PackedInt8 | None":
         return self.gemv
@@ -57,11 +77,10 @@ class Int8Linear(nn.Module):
         x2 = x.reshape(-1, self.in_features)  # [n, in]
         if self.gemv is not None and x2.shape[0] <= cpu.MAX_ROWS:
             y = self.gemv(x2.contiguous())
-        elif self.amx is not None:
+        elif self.amx is not None and x2.shape[0] > cpu.MAX_ROWS:
             y = self.amx(x2.contiguous())
         else:
-            y = F.linear(x2, self.q_fp32).mul_(self.scale)
-            y = y if self.bias is None else y.add_(self.bias)
+            y = w8a8(x2.float(), self.qt, self.scale, self.bias)
         return y.view(*x.shape[:-1], self.out_features)
 
 

@@ -33,18 +33,16 @@ def test_int8_linear_is_close_to_fp32(bias):
 
 
 def test_a_rows_result_does_not_depend_on_its_batch():
-    """Weights only are quantised (no activation scale shared across rows), and the int8 kernel computes every row
-    alone: bit for bit the same in any batch. Without the kernel torch's GEMM may order a row's sums by batch
-    shape, so there it holds to rounding."""
+    """Each row is quantised with its own scale (none shared across rows) and its int32 sums are exact: bit for bit
+    the same in any batch."""
     q = Int8Linear(_linear())
     x = torch.randn(6, 256)
     x[3] *= 100.0  # a row that would set a shared activation scale
-    same = torch.equal if cpu.available() else lambda a, b: torch.allclose(a, b, rtol=1e-5, atol=1e-5 * a.abs().max())
     with torch.inference_mode():
         batch = q(x)
         for i in range(6):
-            assert same(q(x[i:i + 1])[0], batch[i])
-        assert same(q(x.view(2, 3, 256)).view(6, -1), batch)
+            assert torch.equal(q(x[i:i + 1])[0], batch[i])
+        assert torch.equal(q(x.view(2, 3, 256)).view(6, -1), batch)
 
 
 def test_quantize_gpt_shares_everything_but_the_block_matmuls():
@@ -150,56 +148,84 @@ def test_bench_times_int8_drafts_and_labels_the_eco_target_lossy(tmp_path):
     assert "**LOSSY**" in (tmp_path / "bench_tiny.md").read_text()
 
 
-def test_int8_kernel_and_many_row_path_compute_the_same_products():
-    """≤ MAX_ROWS rows take the int8 GEMV kernel, more rows torch's GEMM over the same integers: they may differ
-    only in summation order, so a row's result does not depend on how many rows share its call."""
-    from specdec.models.int8 import quantize_weight
+def _int8_case(M: int, K: int, N: int, seed: int):
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randint(-127, 128, (K, N), dtype=torch.int8, generator=g)
+    scale, bias = torch.rand(N, generator=g), torch.randn(N, generator=g)
+    x = torch.randn(M, K, generator=g) * torch.logspace(-3, 3, M)[:, None]  # rows of very different scales
+    return q, scale, bias, x
+
+
+def test_every_int8_path_gives_the_same_bits():
+    """≤ MAX_ROWS rows take the VNNI kernel, more rows AMX (or torch's int8 GEMM where a kernel is missing); the int32
+    sums are exact and the float epilogue is the same operations in the same order, so all agree with the torch
+    definition bit for bit — and that definition is x_q·Q scaled, computed here in float64 from its parts."""
+    from specdec.models.int8 import quantize_rows, quantize_weight, w8a8
     lin = _linear()
     q, (Q, scale) = Int8Linear(lin), quantize_weight(lin.weight.detach())
     x = torch.randn(cpu.MAX_ROWS + 3, 256)
     with torch.inference_mode():
-        many = q(x)  # the GEMM path
+        many = q(x)
         few = torch.cat([q(x[i:i + cpu.MAX_ROWS]) for i in range(0, x.shape[0], cpu.MAX_ROWS)])
-        ref = (x.double() @ Q.double().t()) * scale.double() + q.bias.double()
-    torch.testing.assert_close(many.double(), ref, atol=2e-5, rtol=1e-5)
-    torch.testing.assert_close(few.double(), ref, atol=2e-5, rtol=1e-5)
-    assert q.gemv is not None or not cpu.available()
+        ref = w8a8(x, Q.t().contiguous(), scale, q.bias)
+    assert torch.equal(many, ref) and torch.equal(few, ref)
+    xq, s = quantize_rows(x)
+    acc = xq.double() @ Q.double().t()
+    assert torch.equal(ref, ((acc.float() * s[:, None]) * scale + q.bias))
+    assert q.gemv is not None or not cpu.int8_available()
     assert (q.amx is not None) == cpu.amx_available()  # 256 × 384 fits AMX's tiles
 
 
-amx = pytest.mark.skipif(not cpu.amx_available(), reason="no AMX here")
+int8_kernel = pytest.mark.skipif(not cpu.int8_available(), reason="no AVX-512 VNNI here")
+
+
+@int8_kernel
+@pytest.mark.parametrize("K,N", [(256, 384), (130, 70), (2048, 96), (3, 33)])
+def test_int8_kernel_matches_torch_bit_for_bit(K, N):
+    """Every row count the kernel takes (1-16: the four-block, two-block and one-block paths), K not a multiple of 4
+    (zero padding) and a partial last column block, with and without bias."""
+    from specdec.models.int8 import w8a8
+    q, scale, bias, x = _int8_case(cpu.MAX_ROWS, K, N, K + N)
+    for b in (bias, None):
+        packed = cpu.PackedInt8(q, scale, b)
+        for m in range(1, cpu.MAX_ROWS + 1):
+            assert torch.equal(packed(x[-m:].contiguous()), w8a8(x[-m:], q, scale, b)), (m, b is None)
+
+
+def test_int8_quantisation_edge_rows():
+    """A zero row gives the bias, a row with NaN or ±inf gives NaN (never a silently finite row), and its neighbours
+    are untouched; values halfway between integers round to even, as torch.round does."""
+    from specdec.models.int8 import quantize_rows, w8a8
+    q, scale, bias, x = _int8_case(5, 64, 48, 1)
+    x[1] = 0.0
+    x[2, 7], x[3, 9] = float("nan"), float("-inf")
+    paths = [lambda x: w8a8(x, q, scale, bias)]
+    if cpu.int8_available():
+        paths.append(cpu.PackedInt8(q, scale, bias))
+    for f in paths:
+        y = f(x)
+        assert torch.equal(y[1], bias) and bool(y[2:4].isnan().all()) and bool(y[[0, 4]].isfinite().all())
+    xq, s = quantize_rows(torch.tensor([[127.0, 0.5, 1.5, -2.5, 2.4999]]))
+    assert float(s[0]) == 1.0 and xq.tolist() == [[127, 0, 2, -2, 2]]
+
+
+amx = pytest.mark.skipif(not cpu.amx_available(), reason="no AMX-INT8 here")
 
 
 @amx
-def test_amx_keeps_every_bit_of_the_activations():
-    """x = 1 + 2^-9 + 2^-17 needs all three bf16 parts (1, 2^-9, 2^-17): against a column of ones over one 32-wide
-    K step the fp32 sum 32·x is exact, so any lost part shows."""
-    x = torch.full((17, 32), 1 + 2**-9 + 2**-17)
-    x[1::2] *= -3.0
-    y = cpu.AmxInt8(torch.ones(32, 16, dtype=torch.int8), torch.ones(16), None)(x)
-    assert torch.equal(y, (32 * x[:, :16].double()).float())
-
-
-@amx
-@pytest.mark.parametrize("M,K,N", [(17, 64, 48), (37, 512, 80), (177, 2048, 32)])
-def test_amx_int8_matches_the_fp32_gemm_over_the_same_integers(M, K, N):
-    """Ragged rows (a partial last 16-row block), column groups of 3 and 2 blocks, both threads' shares: within
-    fp32 rounding of the exact result, as torch's fp32 GEMM is."""
-    g = torch.Generator().manual_seed(M)
-    q = torch.randint(-127, 128, (K, N), dtype=torch.int8, generator=g)
-    scale, bias = torch.rand(N, generator=g), torch.randn(N, generator=g)
-    x = torch.randn(M, K, generator=g) * torch.logspace(-3, 3, M)[:, None]
-    y = cpu.AmxInt8(q, scale, bias)(x)
-    ref = (x.double() @ q.double()) * scale.double() + bias.double()
-    bound = (x.double().abs() @ q.double().abs()) * scale.double()  # what fp32 rounding errors scale with
-    assert float(((y.double() - ref).abs() / bound).max()) < 1e-6
-    fp32 = (x @ q.float()) * scale + bias
-    assert float(((fp32.double() - ref).abs() / bound).max()) < 1e-6
+@pytest.mark.parametrize("M,K,N", [(17, 64, 48), (37, 512, 80), (177, 2048, 32), (50, 128, 16)])
+def test_amx_int8_matches_torch_bit_for_bit(M, K, N):
+    """Ragged rows (a partial last 16-row block, an odd number of row blocks per thread), an odd number of column
+    blocks (a lone last one), one column block, both threads' shares."""
+    from specdec.models.int8 import w8a8
+    q, scale, bias, x = _int8_case(M, K, N, M)
+    assert torch.equal(cpu.AmxInt8(q, scale, bias)(x), w8a8(x, q, scale, bias))
+    assert torch.equal(cpu.AmxInt8(q, scale, None)(x), w8a8(x, q, scale, None))
 
 
 def test_int8_distance_measures_the_eco_targets_departure():
-    """Eco mode's reported cost: zero (to rounding) for a target whose block weights are int8 values already,
-    clearly above zero for one whose are not; one distribution per generated position and the one after."""
+    """Eco mode's reported cost: clearly above zero, and smaller for a target whose block weights are int8 values
+    already (only the activations' rounding is left); one distribution per generated position and the one after."""
     from specdec.api import generate
     from specdec.bench import int8_distance
     from specdec.models.int8 import quantize_weight
@@ -218,4 +244,4 @@ def test_int8_distance_measures_the_eco_targets_departure():
                 q, scale = quantize_weight(lin.weight)
                 lin.weight.copy_(q.float() * scale[:, None])
     near = int8_distance(gpt, seqs)
-    assert near["tv_softmax"]["max"] < 1e-5 and near["argmax_agreement"] == 1.0
+    assert 0 < near["tv_softmax"]["median"] < 0.7 * far["tv_softmax"]["median"]
