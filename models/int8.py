@@ -12,9 +12,9 @@ and the int8 model is one well-defined distribution.
 History: FBGEMM's dynamic int8 GEMM (`quantized::linear_dynamic`) came first; it was slower per decode row than the
 exact fp16-weight kernel (v2 shape, 2026-11-26: eco 51.3 vs exact 61.3 tok/s) and shared one activation scale per
 call across rows. Weight-only int8 (W8A32) replaced it; its extra verification rows cost ~0.75 ms each at v2
-(widening int8 to fp32 is compute-bound), which W8A8 removes at twice W8A32's distance from fp32 (TV median 0.0031
-vs 0.0014 on the trained v2 target, argmax agreement 100 % for both, 2026-11-27). torchao 0.18 ships no CPU int8
-kernels that beat fp32 here.
+(widening int8 to fp32 is compute-bound), which W8A8 removes at about twice W8A32's distance from fp32 (demo voice:
+TV median 0.0013 vs 0.001, p90 0.011 vs 0.005; README "int8 on CPU"). torchao 0.18 ships no CPU int8 kernels that
+beat fp32 here.
 """
 from __future__ import annotations
 

@@ -443,7 +443,7 @@ def step_costs(shape: str = "v2", rows: tuple[int, ...] = (1, 5), context: int =
                progress=None) -> dict:
     """ms per step at n query rows of one sequence: the 96 block matmuls alone (distinct weights per layer, as the
     real model has) and a whole target pass over `context` cached tokens, for fp32, the exact fp16-weight GEMM,
-    int8 (specdec.models.int8: weight-only) and, when installed, torchao's int8 configs. Medians of interleaved
+    int8 (specdec.models.int8: W8A8) and, when installed, torchao's int8 configs. Medians of interleaved
     repeats."""
     import warnings
 
