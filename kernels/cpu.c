@@ -111,18 +111,21 @@ QUAD(f16_quad, uint16_t, LOAD_F16)
                 _mm512_storeu_ps(out[g * R + i] + 16, acc[g][i][1]);                                        \
             }                                                                                               \
     }
-/* NAME[R]: R rows against one block (R = 1..8) and, for R <= 7 (4R accumulators and the 4 weight registers fit the
-   32; the row's x is an FMA memory operand), NAME##2b[R] against 2 consecutive blocks at once: two weight streams in
+/* NAME[R]: R rows against one block (R = 1..14: 2R accumulators and 2 weight registers fit the 32; the row's x is
+   an FMA memory operand) and, for R <= 7, NAME##2b[R] against 2 consecutive blocks at once: two weight streams in
    flight, as the one-row kernel's four (the 96 v2 block matmuls at 7 rows, a k = 6 verification: 13.3-14.7 ->
-   12.4-12.7 ms, interleaved, 2026-11-27). */
+   12.4-12.7 ms, interleaved, 2026-11-27). See ROW_PASSES for which runs when. */
 #define ROWS512_ALL(NAME, T, LOAD)                                                                            \
     ROWS512(NAME, T, LOAD, 1, 1) ROWS512(NAME, T, LOAD, 2, 1) ROWS512(NAME, T, LOAD, 3, 1)                    \
     ROWS512(NAME, T, LOAD, 4, 1) ROWS512(NAME, T, LOAD, 5, 1) ROWS512(NAME, T, LOAD, 6, 1)                    \
-    ROWS512(NAME, T, LOAD, 7, 1) ROWS512(NAME, T, LOAD, 8, 1)                                                 \
+    ROWS512(NAME, T, LOAD, 7, 1) ROWS512(NAME, T, LOAD, 8, 1) ROWS512(NAME, T, LOAD, 9, 1)                    \
+    ROWS512(NAME, T, LOAD, 10, 1) ROWS512(NAME, T, LOAD, 11, 1) ROWS512(NAME, T, LOAD, 12, 1)                 \
+    ROWS512(NAME, T, LOAD, 13, 1) ROWS512(NAME, T, LOAD, 14, 1)                                               \
     ROWS512(NAME##2b_, T, LOAD, 2, 2) ROWS512(NAME##2b_, T, LOAD, 3, 2) ROWS512(NAME##2b_, T, LOAD, 4, 2)     \
     ROWS512(NAME##2b_, T, LOAD, 5, 2) ROWS512(NAME##2b_, T, LOAD, 6, 2) ROWS512(NAME##2b_, T, LOAD, 7, 2)     \
-    static void (*const NAME[9])(const float *, int64_t, const T *, float[][NB]) = {                          \
-        0, NAME##1, NAME##2, NAME##3, NAME##4, NAME##5, NAME##6, NAME##7, NAME##8};                           \
+    static void (*const NAME[15])(const float *, int64_t, const T *, float[][NB]) = {                         \
+        0, NAME##1, NAME##2, NAME##3, NAME##4, NAME##5, NAME##6, NAME##7, NAME##8, NAME##9, NAME##10,         \
+        NAME##11, NAME##12, NAME##13, NAME##14};                                                              \
     static void (*const NAME##2b[8])(const float *, int64_t, const T *, float[][NB]) = {                      \
         0, 0, NAME##2b_2, NAME##2b_3, NAME##2b_4, NAME##2b_5, NAME##2b_6, NAME##2b_7};
 ROWS512_ALL(f16_rows512_, uint16_t, LOAD512_F16)
@@ -154,37 +157,54 @@ static void store_cols(const Lin *L, const float *acc, float *y, int64_t n0, int
     }
 }
 
-/* fp16 weights: y [M, N] = relu?(x [M, K] · W + bias). Work units (4 blocks for one row, 2 for up to 7 rows with
-   AVX-512, else 1 block for every row) are shared out with an orphaned `omp for`: called inside a parallel region
-   it splits the work among the team (and ends at its barrier), outside one it runs alone. */
+/* How M rows meet the weights (AVX-512; AVX2 keeps one block and passes of <= 3 rows): one row streams 4 blocks at
+   once (the quad kernels), up to 7 rows 2 blocks, more rows 1 block in passes of <= 14 — one pass up to 14 rows, so
+   each weight is loaded (and widened) once: a whole v2 pass over 300 keys at 9 rows (a k = 8 verification) 14.0 ->
+   12.9 ms and at 12 rows 16.6 -> 15.0 against passes of 8 + 1 and 8 + 4 rows (int8: 8.9 -> 8.3, 10.8 -> 10.3;
+   interleaved, 2026-11-27). Passes are balanced (15 rows: 8 + 7). A unit cut short by the end of the columns runs
+   the 1-block kernels. */
+#define ROW_PASSES(M, G, cap, BODY)                                                                            \
+    for (int64_t m0 = 0, passes = ((M) + (cap) - 1) / (cap), p_ = 0; p_ < passes; p_++) {                     \
+        int64_t mm = ((M) - m0) / (passes - p_);                                                               \
+        BODY;                                                                                                  \
+        m0 += mm;                                                                                              \
+    }
+
+static int64_t unit_blocks(int64_t M, int wide) { return M == 1 ? 4 : wide && M <= 7 ? 2 : 1; }
+
+/* fp16 weights: y [M, N] = relu?(x [M, K] · W + bias). Work units (see ROW_PASSES) are shared out with an orphaned
+   `omp for`: called inside a parallel region it splits the work among the team (and ends at its barrier), outside
+   one it runs alone. */
 static void f16_lin_rows(const Lin *L, const float *x, int64_t M, float *y, int relu) {
     int64_t K = L->K, N = L->N, nblocks = (N + NB - 1) / NB;
-    int64_t G = M == 1 ? 4 : use_avx512 && M <= 7 ? 2 : 1; /* blocks per work unit */
+    int64_t G = unit_blocks(M, use_avx512), cap = G == 4 ? 1 : G == 2 ? 7 : use_avx512 ? 14 : 3;
 #pragma omp for schedule(static)
     for (int64_t u = 0; u < (nblocks + G - 1) / G; u++) {
         float out[14][NB];
-        if (G > 1 && u * G + G <= nblocks) {
-            const uint16_t *wu = (const uint16_t *)L->w + u * G * K * NB;
-            if (G == 4) f16_quad(x, K, wu, out);
-            else f16_rows512_2b[M](x, K, wu, out);
-            for (int64_t g = 0, n0 = u * G * NB; g < G; g++, n0 += NB)
-                for (int64_t i = 0; i < M; i++)
-                    store_cols(L, out[g * M + i], y + i * N + n0, n0, N - n0 < NB ? N - n0 : NB, relu);
+        int64_t g0 = u * G, gn = nblocks - g0 < G ? nblocks - g0 : G;
+        if (gn == G && G > 1) {
+            const uint16_t *wu = (const uint16_t *)L->w + g0 * K * NB;
+            ROW_PASSES(M, G, cap, {
+                if (G == 4) f16_quad(x, K, wu, out);
+                else f16_rows512_2b[mm](x + m0 * K, K, wu, out);
+                for (int64_t g = 0, n0 = g0 * NB; g < G; g++, n0 += NB)
+                    for (int64_t i = 0; i < mm; i++)
+                        store_cols(L, out[g * mm + i], y + (m0 + i) * N + n0, n0, N - n0 < NB ? N - n0 : NB, relu);
+            })
             continue;
         }
-        int64_t RG = use_avx512 ? 8 : 3; /* rows per pass over a block */
-        for (int64_t b = u * G; b < nblocks && b < (u + 1) * G; b++) {
+        int64_t cap1 = use_avx512 ? 14 : 3;
+        for (int64_t b = g0; b < g0 + gn; b++) {
             int64_t n0 = b * NB, nn = N - n0 < NB ? N - n0 : NB;
             const uint16_t *wb = (const uint16_t *)L->w + b * K * NB;
-            for (int64_t m0 = 0; m0 < M; m0 += RG) {
-                int64_t mm = M - m0 < RG ? M - m0 : RG;
+            ROW_PASSES(M, 1, cap1, {
                 const float *xm = x + m0 * K;
                 if (use_avx512) f16_rows512_[mm](xm, K, wb, out);
                 else if (mm == 3) f16_rows3(xm, K, wb, out);
                 else if (mm == 2) f16_rows2(xm, K, wb, out);
                 else f16_rows1(xm, K, wb, out);
                 for (int64_t i = 0; i < mm; i++) store_cols(L, out[i], y + (m0 + i) * N + n0, n0, nn, relu);
-            }
+            })
         }
     }
 }
@@ -284,21 +304,23 @@ VNNI_TARGET static void i8_store(const Lin *L, const int32_t *acc, float s, floa
             }                                                                                                  \
     }
 /* one row against 4 blocks (four weight streams in flight), up to 7 rows against 2 (4R accumulators and 4 weight
-   registers fill the 32; x_q is the instruction's broadcast memory operand), up to 8 against 1 */
+   registers fill the 32; x_q is the instruction's broadcast memory operand), up to 14 against 1 (see ROW_PASSES) */
 I8_ROWS(1, 4)
 I8_ROWS(2, 2) I8_ROWS(3, 2) I8_ROWS(4, 2) I8_ROWS(5, 2) I8_ROWS(6, 2) I8_ROWS(7, 2)
 I8_ROWS(1, 1) I8_ROWS(2, 1) I8_ROWS(3, 1) I8_ROWS(4, 1) I8_ROWS(5, 1) I8_ROWS(6, 1) I8_ROWS(7, 1) I8_ROWS(8, 1)
+I8_ROWS(9, 1) I8_ROWS(10, 1) I8_ROWS(11, 1) I8_ROWS(12, 1) I8_ROWS(13, 1) I8_ROWS(14, 1)
 typedef void (*I8Rows)(const int8_t *, const int32_t *, int64_t, const uint8_t *, int32_t[][NB]);
 static const I8Rows i8_rows_2b[8] = {0, 0, i8_rows_2_2, i8_rows_3_2, i8_rows_4_2, i8_rows_5_2, i8_rows_6_2,
                                      i8_rows_7_2};
-static const I8Rows i8_rows_1b[9] = {0, i8_rows_1_1, i8_rows_2_1, i8_rows_3_1, i8_rows_4_1, i8_rows_5_1,
-                                     i8_rows_6_1, i8_rows_7_1, i8_rows_8_1};
+static const I8Rows i8_rows_1b[15] = {0, i8_rows_1_1, i8_rows_2_1, i8_rows_3_1, i8_rows_4_1, i8_rows_5_1,
+                                      i8_rows_6_1, i8_rows_7_1, i8_rows_8_1, i8_rows_9_1, i8_rows_10_1,
+                                      i8_rows_11_1, i8_rows_12_1, i8_rows_13_1, i8_rows_14_1};
 
 /* int8 weights: as f16_lin_rows, on the W8A8 arithmetic above. Every thread quantises all M rows for itself (a few
    µs at 16 rows: cheaper than a barrier). */
 VNNI_TARGET static void i8_lin_rows(const Lin *L, const float *x, int64_t M, float *y, int relu) {
     int64_t K = L->K, N = L->N, K4 = (K + 3) / 4 * 4, nblocks = (N + NB - 1) / NB;
-    int64_t G = M == 1 ? 4 : M <= 7 ? 2 : 1;
+    int64_t G = unit_blocks(M, 1), cap = G == 4 ? 1 : G == 2 ? 7 : 14;
     int8_t *xq = malloc(M * K4 + M * (sizeof(float) + sizeof(int32_t)));
     float *s = (float *)(xq + M * K4);
     int32_t *sum = (int32_t *)(s + M);
@@ -306,23 +328,26 @@ VNNI_TARGET static void i8_lin_rows(const Lin *L, const float *x, int64_t M, flo
 #pragma omp for schedule(static)
     for (int64_t u = 0; u < (nblocks + G - 1) / G; u++) {
         int32_t out[14][NB];
-        if (G > 1 && u * G + G <= nblocks) {
-            const uint8_t *wu = (const uint8_t *)L->w + u * G * K4 * NB;
-            if (G == 4) i8_rows_1_4(xq, sum, K4, wu, out);
-            else i8_rows_2b[M](xq, sum, K4, wu, out);
-            for (int64_t g = 0, n0 = u * G * NB; g < G; g++, n0 += NB)
-                for (int64_t i = 0; i < M; i++)
-                    i8_store(L, out[g * M + i], s[i], y + i * N + n0, n0, N - n0 < NB ? N - n0 : NB, relu);
+        int64_t g0 = u * G, gn = nblocks - g0 < G ? nblocks - g0 : G;
+        if (gn == G) {
+            const uint8_t *wu = (const uint8_t *)L->w + g0 * K4 * NB;
+            ROW_PASSES(M, G, cap, {
+                if (G == 4) i8_rows_1_4(xq, sum, K4, wu, out);
+                else if (G == 2) i8_rows_2b[mm](xq + m0 * K4, sum + m0, K4, wu, out);
+                else i8_rows_1b[mm](xq + m0 * K4, sum + m0, K4, wu, out);
+                for (int64_t g = 0, n0 = g0 * NB; g < G; g++, n0 += NB)
+                    for (int64_t i = 0; i < mm; i++)
+                        i8_store(L, out[g * mm + i], s[m0 + i], y + (m0 + i) * N + n0, n0, N - n0 < NB ? N - n0 : NB,
+                                 relu);
+            })
             continue;
         }
-        for (int64_t b = u * G; b < nblocks && b < (u + 1) * G; b++) {
+        for (int64_t b = g0; b < g0 + gn; b++) {
             int64_t n0 = b * NB, nn = N - n0 < NB ? N - n0 : NB;
-            for (int64_t m0 = 0; m0 < M; m0 += 8) {
-                int64_t mm = M - m0 < 8 ? M - m0 : 8;
+            ROW_PASSES(M, 1, 14, {
                 i8_rows_1b[mm](xq + m0 * K4, sum + m0, K4, (const uint8_t *)L->w + b * K4 * NB, out);
-                for (int64_t i = 0; i < mm; i++)
-                    i8_store(L, out[i], s[m0 + i], y + (m0 + i) * N + n0, n0, nn, relu);
-            }
+                for (int64_t i = 0; i < mm; i++) i8_store(L, out[i], s[m0 + i], y + (m0 + i) * N + n0, n0, nn, relu);
+            })
         }
     }
     free(xq);
