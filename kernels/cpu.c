@@ -239,15 +239,15 @@ void pack_int8(const int8_t *q, int64_t K, int64_t N, uint8_t *wp) {
 /* x [K] → x_q [Kp] int8 (zero beyond K), its scale s and Σ x_q */
 VNNI_TARGET static void quantize_row(const float *x, int64_t K, int64_t Kp, int8_t *xq, float *s, int32_t *sum) {
     __m512 amax = _mm512_setzero_ps();
-    __mmask16 nan = 0;
+    __mmask16 bad = 0; /* NaN seen */
     for (int64_t k = 0; k < K; k += 16) {
         __mmask16 m = K - k < 16 ? (__mmask16)((1u << (K - k)) - 1) : 0xffff;
         __m512 v = _mm512_maskz_loadu_ps(m, x + k);
-        nan |= _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+        bad |= _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
         amax = _mm512_max_ps(amax, _mm512_abs_ps(v));
     }
     float a = _mm512_reduce_max_ps(amax), sc = a / 127.0f;
-    sc = sc == 0.0f ? 1.0f : nan || !(sc <= 3.4e38f) ? NAN : sc;
+    sc = sc == 0.0f ? 1.0f : bad || !(sc <= 3.4e38f) ? NAN : sc;
     __m512 vs = _mm512_set1_ps(sc), lo = _mm512_set1_ps(-127.0f), hi = _mm512_set1_ps(127.0f);
     __m512i acc = _mm512_setzero_si512();
     for (int64_t k = 0; k < Kp; k += 16) {
