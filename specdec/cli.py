@@ -20,8 +20,9 @@ BUNDLE_DRAFTS = {"bundle": "demo draft", "bundle-int8": "demo draft int8", "bund
 MODES = {  # presets; explicit options override them, and a bundle's generation.json the fast / eco drafting
     "quality": dict(draft="none", stream=False),  # the full decoder, offline, no speculation needed
     # speculation + streaming (+ the bundle's fast decoder). A model set without a bundled draft drafts with an int8
-    # copy of its GPT: exact, no file to train, the fastest draft measured at the v2 shape (k = 4, README)
-    "fast": dict(draft="bundle", stream=True, unbundled="int8"),
+    # copy of its GPT: exact, no file to train; k = 6 was its fastest on the trained v2 target (1.66x AR against
+    # 1.37x at k = 4 and 1.51x at k = 8, bench/results/bench_gpt_v2.md)
+    "fast": dict(draft="bundle", stream=True, unbundled="int8", unbundled_k=6),
     # fast + the GPT's block matmuls in int8: LOSSY, tokens follow an approximation of the model (labelled as such)
     "eco": dict(draft="bundle", stream=True, quantize=True, unbundled="none"),
 }
@@ -43,7 +44,8 @@ def _add_synth(sub) -> None:
     p.add_argument("--draft", help="bundle (the bundle's trained draft), GPT/EAGLE file, layerskip:N, int8[:N] (an "
                                    "int8 copy of the GPT), int8:FILE (of a draft file), ngram or none (default: the "
                                    "bundle's choice for the mode)")
-    p.add_argument("--k", type=int, default=None, help="drafts per round (default: the bundle's for the mode, else 4)")
+    p.add_argument("--k", type=int, default=None,
+                   help="drafts per round (default: the bundle's for the mode; 6 for an int8 copy, else 4)")
     p.add_argument("--adaptive", action="store_true", help="pick k per round from observed acceptance")
     # sampling defaults: the demo bundle's generation.json (its model card says why), else upstream's 15, 1, 1, 1.35
     p.add_argument("--top-k", type=int, default=None)
@@ -93,11 +95,12 @@ def cmd_synth(args) -> None:
         gpt = quantize_gpt(gpt)
     drafting = generation.get(args.mode, {})  # the bundle's measured draft and k for this mode
     spec = args.draft if args.draft is not None else drafting.get("draft", preset["draft"])
+    k = drafting.get("k", 4)
     if args.draft is None and spec == "bundle" and bundle_draft is None:
-        spec = preset["unbundled"]
+        spec, k = preset["unbundled"], preset.get("unbundled_k", k)
     draft = _resolve_draft(spec, bundle_draft)
     stream = preset["stream"] if args.stream is None else args.stream
-    tts = TTS(gpt, decoder, frontend, draft=draft, k=args.k or drafting.get("k", 4), adaptive=args.adaptive)
+    tts = TTS(gpt, decoder, frontend, draft=draft, k=args.k or k, adaptive=args.adaptive)
     frontend.read(args.text, args.language or voice.language)  # a text it cannot read fails now, not after warm-up
     tts.warm_up(voice)  # first-audio time then measures synthesis, not dictionary loading or weight packing
     audio, stats = synthesize(args.text, tts, voice, streaming=stream, language=args.language,

@@ -189,8 +189,9 @@ def test_synth_eco_mode_runs_an_int8_gpt_and_says_it_is_lossy(model_set, tmp_pat
     assert rc == 0 and "LOSSY" in stdout, err
     rc, stdout, err = run("synth", *common, "--mode", "fast", "--json", "-o", str(tmp_path / "f.wav"))
     r = json.loads(stdout)
-    # no bundled draft: fast mode drafts with an int8 copy of the GPT (exact), eco mode runs its int8 GPT alone
-    assert rc == 0 and not r["lossy"] and r["draft"] == "int8" and r["num_drafts"] > 0, err
+    # no bundled draft: fast mode drafts with an int8 copy of the GPT (exact) at its measured k, eco mode runs its
+    # int8 GPT alone
+    assert rc == 0 and not r["lossy"] and r["draft"] == "int8" and r["k"] == 6 and r["num_drafts"] > 0, err
     rc, stdout, err = run("synth", *common, "--draft", "bundle", "-o", str(tmp_path / "b.wav"))
     assert "no bundled draft" in one_error_line(rc, err) and not (tmp_path / "b.wav").exists()
 
