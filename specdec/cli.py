@@ -41,9 +41,9 @@ def _add_synth(sub) -> None:
     p.add_argument("--gpt", help="GPT file (upstream .ckpt or specdec .safetensors)")
     p.add_argument("--sovits", help="SoVITS file (upstream .pth or specdec .safetensors)")
     p.add_argument("--voice", help="voice folder (specdec voice create), or a built-in speaker's name")
-    p.add_argument("--draft", help="bundle (the bundle's trained draft), GPT/EAGLE file, layerskip:N, int8[:N] (an "
-                                   "int8 copy of the GPT), int8:FILE (of a draft file), ngram or none (default: the "
-                                   "bundle's choice for the mode)")
+    p.add_argument("--draft", help="bundle (the bundle's trained draft), bundle-int8 (its int8 copy), GPT/EAGLE file, "
+                                   "layerskip:N, int8[:N] (an int8 copy of the GPT), int8:FILE (of a draft file), "
+                                   "ngram or none (default: the bundle's choice for the mode)")
     p.add_argument("--k", type=int, default=None,
                    help="drafts per round (default: the bundle's for the mode; 6 for an int8 copy, else 4)")
     p.add_argument("--adaptive", action="store_true", help="pick k per round from observed acceptance")
@@ -62,12 +62,19 @@ def _add_synth(sub) -> None:
     p.set_defaults(func=cmd_synth)
 
 
+def _int8_copy(draft):
+    """An int8 copy of a draft model (GPT or EAGLE): as a draft it costs no exactness."""
+    from specdec.models.gpt import GPT
+    from specdec.models.int8 import quantize_eagle, quantize_gpt
+    return quantize_gpt(draft) if isinstance(draft, GPT) else quantize_eagle(draft)
+
+
 def _resolve_draft(spec, bundle_draft):
-    if spec == "bundle":
+    if spec in ("bundle", "bundle-int8"):
         if bundle_draft is None:
-            raise SpecdecError("--draft bundle: this model set has no bundled draft (give a file, int8, "
+            raise SpecdecError(f"--draft {spec}: this model set has no bundled draft (give a file, int8, "
                                "layerskip:N or ngram)")
-        return bundle_draft
+        return bundle_draft if spec == "bundle" else _int8_copy(bundle_draft)
     if spec == "none":
         return None
     return spec  # a path, layerskip:N, int8[:N|:FILE] or ngram (the engine resolves and validates it)
@@ -106,7 +113,8 @@ def cmd_synth(args) -> None:
     audio, stats = synthesize(args.text, tts, voice, streaming=stream, language=args.language,
                               text_split=args.text_split, params=params)
     write_wav(args.out, audio, decoder.sample_rate)
-    report = {**stats.to_dict(), "out": args.out, "mode": args.mode, "draft": _draft_name(draft),
+    report = {**stats.to_dict(), "out": args.out, "mode": args.mode,
+              "draft": spec if spec == "bundle-int8" else _draft_name(draft),
               "k": tts.k if draft is not None else 0, "streaming": stream, "voice": voice.name,
               "sampling": {name: getattr(params, name) for name in (*SAMPLING_OPTIONS, "seed")}}
     if args.json:
@@ -248,10 +256,7 @@ def cmd_bench(args) -> None:
                 bundle.gpt_draft if d.startswith("bundle-gpt") else bundle.draft)
             if draft is None:
                 raise SpecdecError(f"--draft {d} needs the demo bundle's own target (--demo) and its draft")
-            if d.endswith("-int8"):
-                from specdec.models.int8 import quantize_eagle, quantize_gpt
-                draft = quantize_gpt(draft) if d.startswith("bundle-gpt") else quantize_eagle(draft)
-            drafts[BUNDLE_DRAFTS[d]] = draft
+            drafts[BUNDLE_DRAFTS[d]] = _int8_copy(draft) if d.endswith("-int8") else draft
         else:
             # layerskip:N, int8[:N|:FILE], ngram[:N] or a file: the engine resolves and validates it; a file's row
             # is named by its file name

@@ -218,6 +218,10 @@ def test_synth_takes_the_bundles_generation_defaults_and_explicit_options_win(tm
                              "repetition_penalty": want.repetition_penalty, "seed": 1}
     fast = gen.get("fast", {})
     assert r["k"] == fast.get("k", 4) and r["draft"] == fast.get("draft", "EagleDraft")
+    eco = gen.get("eco", {})
+    assert main(["synth", "Good morning.", "-o", out, "--json", "--mode", "eco"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["lossy"] and r["k"] == eco.get("k", 4) and r["draft"] == eco.get("draft", "EagleDraft")
     assert main(["synth", "Good morning.", "-o", out, "--json", "--mode", "quality"]) == 0
     assert json.loads(capsys.readouterr().out)["draft"] == "none"  # quality mode does not speculate
     assert main(["synth", "Good morning.", "-o", out, "--json", "--top-k", "7", "--temperature", "0.9",

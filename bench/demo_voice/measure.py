@@ -1,7 +1,7 @@
 """Speculative decoding on the demo voice, measured with the real engine on the held-out sentences.
 
     python bench/demo_voice/measure.py [--bundle models/demo] [--data /work/data/demo] [--k 2,3,4,6] [--threads 1]
-                                       [--draft bundle|int8|ngram|FILE|...] [--gpt FILE] [--tv] [-o out.json]
+                                       [--draft bundle|int8|ngram|FILE|...] [--gpt FILE] [--tv] [--eco] [-o out.json]
 
 Each held-out sentence is spoken by its own speaker's built-in voice (the inference layout: the voice's transcript
 + the sentence as text, the voice's tokens as prompt), at upstream's default sampling (top_k 15, top_p 1, T 1,
@@ -11,7 +11,7 @@ paths, the speedup, and the generated/true length ratio (alignment sanity: a mod
 stops early). `--gpt` puts another target trained on the demo's units in the bundle's target's place (a v2-shape
 one: build.py gpt --name gpt_v2 ...), drafted for by a draft file or spec. `--tv` adds eco mode's cost in
 distribution: the total-variation distance between the target's next-token distributions and its int8 copy's at
-every position the AR runs generated.
+every position the AR runs generated. `--eco` times eco mode instead: the int8 target, alone and with the draft.
 """
 from __future__ import annotations
 
@@ -39,6 +39,8 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=1, help="torch threads (the CLI uses one per core)")
     ap.add_argument("--tv", action="store_true", help="also the total-variation distance between the target's and its "
                     "int8 copy's (eco mode's) next-token distributions along the sequences the AR runs generated")
+    ap.add_argument("--eco", action="store_true", help="the target's int8 copy as the target (eco mode, LOSSY): "
+                    "its speed with the draft, speculation over it being exact")
     ap.add_argument("-o", "--out", default=None, help="JSON results")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -58,6 +60,9 @@ def main(argv=None) -> int:
         target = load_gpt(args.gpt)
         if args.draft == "bundle":
             sys.exit("--draft bundle drafts for the bundle's own target only: give a draft for --gpt")
+    if args.eco:
+        from specdec.models.int8 import quantize_gpt
+        target = quantize_gpt(target)
     drafter = bundle.draft if args.draft == "bundle" else args.draft
     stats = {r: SpecStats() for r in runs}
     secs = dict.fromkeys(runs, 0.0)
@@ -81,7 +86,7 @@ def main(argv=None) -> int:
                     sequences.append((phones, v.tokens, out.tokens))
             progress.update(task, advance=1)
     ar_tps = stats["ar"].num_emitted_tokens / secs["ar"]
-    res = {"sentences": len(clips), "draft": args.draft, "gpt": args.gpt or "bundle",
+    res = {"sentences": len(clips), "draft": args.draft, "gpt": args.gpt or "bundle", "eco (lossy)": args.eco,
            "sampling": "top_k 15, top_p 1, T 1, repetition_penalty 1.35",
            "threads": torch.get_num_threads(), "load_avg_1min": os.getloadavg()[0],
            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "runs": {}}
