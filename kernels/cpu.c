@@ -353,10 +353,103 @@ VNNI_TARGET static void i8_lin_rows(const Lin *L, const float *x, int64_t M, flo
     free(xq);
 }
 
-/* y [M, N] = relu?(x [M, K] · W …) for either kind of packed linear (int8 needs vnni_available()) */
+/* ---- the same int8 arithmetic with AVX2 only (CPUs without AVX-512 VNNI) ----------------------------------
+
+   Bit for bit what the VNNI path computes: quantize_row2 is quantize_row in 8-wide vectors and a scalar tail (the
+   same division and round-half-even), the int32 sums are exact (Q + 128 widened to int16, `vpmaddwd` against x_q
+   pairs, then the same 128 · Σ x_q taken off) and i8_store2's float epilogue runs in the same order, in a
+   function compiled without FMA contraction. One row at a time against one block: 8 accumulators of 4 columns ×
+   2 k-pairs fill AVX2's 16 registers with the weights and x_q. */
+static void quantize_row2(const float *x, int64_t K, int64_t Kp, int8_t *xq, float *s, int32_t *sum) {
+    __m256 amax = _mm256_setzero_ps(), sign = _mm256_set1_ps(-0.0f);
+    int bad = 0;
+    int64_t k = 0;
+    for (; k + 8 <= K; k += 8) {
+        __m256 v = _mm256_loadu_ps(x + k);
+        bad |= _mm256_movemask_ps(_mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+        amax = _mm256_max_ps(amax, _mm256_andnot_ps(sign, v));
+    }
+    float a[8], m = 0.0f;
+    _mm256_storeu_ps(a, amax);
+    for (int i = 0; i < 8; i++) m = a[i] > m ? a[i] : m;
+    for (; k < K; k++) {
+        bad |= x[k] != x[k];
+        m = fabsf(x[k]) > m ? fabsf(x[k]) : m;
+    }
+    float sc = m / 127.0f;
+    sc = sc == 0.0f ? 1.0f : bad || !(sc <= 3.4e38f) ? NAN : sc;
+    int32_t total = 0;
+    for (k = 0; k < Kp; k++) {
+        float v = k < K ? nearbyintf(x[k] / sc) : 0.0f;
+        int32_t i = v != v ? 0 : v < -127.0f ? -127 : v > 127.0f ? 127 : (int32_t)v;
+        xq[k] = (int8_t)i, total += i;
+    }
+    *s = sc, *sum = total;
+}
+
+__attribute__((optimize("fp-contract=off"))) static void i8_store2(const Lin *L, const int32_t *acc, float s, float *y,
+                                                                     int64_t n0, int64_t nn, int relu) {
+    for (int64_t j = 0; j < nn; j++) {
+        float v = (float)acc[j] * s;
+        v = v * L->scale[n0 + j];
+        if (L->bias) v = v + L->bias[n0 + j];
+        y[j] = relu && v < 0.0f ? 0.0f : v;
+    }
+}
+
+/* one row of x_q [K4] against one packed block → out[NB] = x_q · Q (int32, exact) */
+static void i8_row_avx2(const int8_t *xq, int32_t sum, int64_t K4, const uint8_t *wb, int32_t out[NB]) {
+    __m256i acc[8];
+    for (int j = 0; j < 8; j++) acc[j] = _mm256_setzero_si256();
+    for (int64_t k = 0; k < K4; k += 4) {
+        const uint8_t *wk = wb + k * NB;
+        _mm_prefetch((const char *)(wk + PF * 2 * NB), _MM_HINT_T0);
+        _mm_prefetch((const char *)(wk + PF * 2 * NB + 64), _MM_HINT_T0);
+        int64_t x4 = (int64_t)(uint16_t)xq[k] | (int64_t)(uint16_t)xq[k + 1] << 16 |
+                     (int64_t)(uint16_t)xq[k + 2] << 32 | (int64_t)(uint16_t)xq[k + 3] << 48;
+        __m256i xp = _mm256_set1_epi64x(x4); /* x_q[k..k+3] as int16, for every column */
+        for (int j = 0; j < 8; j++) {         /* columns 4j..4j+3: [c k0 k1 | c k2 k3] pair sums */
+            __m256i w = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(wk + 16 * j)));
+            acc[j] = _mm256_add_epi32(acc[j], _mm256_madd_epi16(w, xp));
+        }
+    }
+    const __m256i order = _mm256_setr_epi32(0, 1, 4, 5, 2, 3, 6, 7), c = _mm256_set1_epi32(128 * sum);
+    for (int j = 0; j < 8; j += 2) /* hadd: each column's two pair sums, then columns back in order */
+        _mm256_storeu_si256((__m256i *)(out + 4 * j),
+                            _mm256_sub_epi32(_mm256_permutevar8x32_epi32(_mm256_hadd_epi32(acc[j], acc[j + 1]), order), c));
+}
+
+static void i8_lin_rows_avx2(const Lin *L, const float *x, int64_t M, float *y, int relu) {
+    int64_t K = L->K, N = L->N, K4 = (K + 3) / 4 * 4, nblocks = (N + NB - 1) / NB;
+    int8_t *xq = malloc(M * K4 + M * (sizeof(float) + sizeof(int32_t)));
+    float *s = (float *)(xq + M * K4);
+    int32_t *sum = (int32_t *)(s + M);
+    for (int64_t i = 0; i < M; i++) quantize_row2(x + i * K, K, K4, xq + i * K4, s + i, sum + i);
+#pragma omp for schedule(static)
+    for (int64_t b = 0; b < nblocks; b++) {
+        int32_t out[NB];
+        int64_t n0 = b * NB, nn = N - n0 < NB ? N - n0 : NB;
+        for (int64_t i = 0; i < M; i++) {
+            i8_row_avx2(xq + i * K4, sum[i], K4, (const uint8_t *)L->w + b * K4 * NB, out);
+            i8_store2(L, out, s[i], y + i * N + n0, n0, nn, relu);
+        }
+    }
+    free(xq);
+}
+
+static int use_vnni;
+
+/* Use the VNNI int8 kernels if `on` and the CPU has them (the default from load), else the AVX2 ones; returns whether
+   VNNI is used. Tests switch it off to check the AVX2 path on the same machine. */
+int set_vnni(int on) { return use_vnni = on && vnni_available(); }
+
+__attribute__((constructor)) static void default_vnni(void) { set_vnni(1); }
+
+/* y [M, N] = relu?(x [M, K] · W …) for either kind of packed linear */
 static void lin_rows(const Lin *L, const float *x, int64_t M, float *y, int relu) {
-    if (L->elem == 1) i8_lin_rows(L, x, M, y, relu);
-    else f16_lin_rows(L, x, M, y, relu);
+    if (L->elem == 2) f16_lin_rows(L, x, M, y, relu);
+    else if (use_vnni) i8_lin_rows(L, x, M, y, relu);
+    else i8_lin_rows_avx2(L, x, M, y, relu);
 }
 
 /* y [M, N] = x [M, K] · W … for one packed linear (see Lin), all threads. */

@@ -1,6 +1,7 @@
 """CPU kernels on x86 (kernels/cpu.c), built on first use: for few rows the exact fp16-weight linear, the W8A8
-int8 linear where the CPU has AVX-512 VNNI (lossy; specdec.models.int8) and whole decode blocks over the paged cache
-(`DecodeLayers`); for many rows of the int8 linear (the eco target's prefill), an AMX-INT8 kernel (`AmxInt8`).
+int8 linear (lossy; specdec.models.int8; AVX-512 VNNI where the CPU has it, else AVX2, bit-identical) and whole
+decode blocks over the paged cache (`DecodeLayers`); for many rows of the int8 linear (the eco target's prefill), an
+AMX-INT8 kernel where the CPU has AMX (`AmxInt8`).
 
 The C source is compiled once per machine with the system C compiler (`$CC`, else `cc`) into
 `$XDG_CACHE_HOME/specdec` (default ~/.cache/specdec), named by the hash of source and flags, and loaded with ctypes
@@ -92,6 +93,7 @@ def _lib():
     lib.accept_round.restype = ctypes.c_int
     lib.set_avx512.argtypes, lib.set_avx512.restype = [ctypes.c_int], ctypes.c_int
     lib.amx_init.restype = ctypes.c_int
+    lib.set_vnni.argtypes, lib.set_vnni.restype = [ctypes.c_int], ctypes.c_int
     lib.amx_pack_int8.argtypes, lib.amx_pack_int8.restype = [_p, _i, _i, _p], None
     lib.amx_linear_int8.argtypes, lib.amx_linear_int8.restype = [_p, _p, _p, _i, _i, _p, _i, _p], None
     return lib
@@ -102,15 +104,15 @@ def available() -> bool:
 
 
 @functools.lru_cache(maxsize=1)
-def int8_available() -> bool:
-    """The int8 kernels run here (AVX-512 VNNI)."""
-    return available() and bool(_lib().vnni_available())
-
-
-@functools.lru_cache(maxsize=1)
 def amx_available() -> bool:
     """The CPU has AMX-INT8 and Linux granted this process its tile registers (asked once, here)."""
-    return int8_available() and bool(_lib().amx_init())
+    return available() and bool(_lib().amx_init())
+
+
+def use_vnni(on: bool) -> bool:
+    """Let the int8 kernels use AVX-512 VNNI where the CPU has it (the default), else AVX2 (the same bits, slower);
+    returns whether they now do."""
+    return bool(_lib().set_vnni(int(on)))
 
 
 def use_avx512(on: bool) -> bool:
@@ -159,8 +161,7 @@ class PackedFP16(_Packed):
 
 
 class PackedInt8(_Packed):
-    """Q [K, N] int8 with one scale per column [N]: y = W8A8(x, Q)·scale + bias (specdec.models.int8 defines it).
-    Needs `int8_available()`."""
+    """Q [K, N] int8 with one scale per column [N]: y = W8A8(x, Q)·scale + bias (specdec.models.int8 defines it)."""
 
     def __init__(self, q: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None):
         K, N = q.shape

@@ -2,12 +2,13 @@
 
 W8A8: one symmetric scale per output channel, weights rounded to [-127, 127]; each activation row quantised the
 same way with its own scale s (`quantize_rows`); y = ((x_q·Q as an exact int32 sum) · s) · scale + b, each float
-operation rounded on its own. For up to `cpu.MAX_ROWS` rows (decode, verification) the project's AVX-512 VNNI kernel
-(kernels/cpu.c, `linear`) streams the int8 weights — a quarter of fp32's bytes — and an extra row costs a few
-`vpdpbusd` instead of widening every weight to fp32; for more rows (prefill) its AMX-INT8 kernel; elsewhere torch's
-int8 GEMM (`torch._int_mm`). The sums are exact integers and the rest is the same float operations in the same
-order, so every path gives bit-identical rows: a row's result does not depend on its batch or on which path ran it,
-and the int8 model is one well-defined distribution.
+operation rounded on its own. For up to `cpu.MAX_ROWS` rows (decode, verification) the project's kernel
+(kernels/cpu.c, `linear`) streams the int8 weights — a quarter of fp32's bytes — and with AVX-512 VNNI an extra row
+costs a few `vpdpbusd` instead of widening every weight to fp32 (AVX2 CPUs: `vpmaddwd`, the same bits); for more rows
+(prefill) its AMX-INT8 kernel where the CPU has AMX; elsewhere torch's int8 GEMM (`torch._int_mm`). The sums are
+exact integers and the rest is the same float operations in the same order, so every path gives bit-identical rows:
+a row's result does not depend on its batch or on which path ran it, and the int8 model is one well-defined
+distribution.
 
 History: FBGEMM's dynamic int8 GEMM (`quantized::linear_dynamic`) came first; it was slower per decode row than the
 exact fp16-weight kernel (v2 shape, 2026-11-26: eco 51.3 vs exact 61.3 tok/s) and shared one activation scale per
@@ -64,7 +65,7 @@ class Int8Linear(nn.Module):
         bias = None if lin.bias is None else lin.bias.detach().float().clone()
         self.register_buffer("scale", scale)
         self.register_buffer("bias", bias)
-        self.gemv = cpu.PackedInt8(q.t(), scale, bias) if cpu.int8_available() else None
+        self.gemv = cpu.PackedInt8(q.t(), scale, bias) if cpu.available() else None
         self.amx = cpu.AmxInt8(q.t(), scale, bias) if cpu.AmxInt8.fits(self.in_features, self.out_features) else None
         # the rows neither kernel takes: torch's int8 GEMM
         self.register_buffer("qt", q.t().contiguous() if self.amx is None or self.gemv is None else None,

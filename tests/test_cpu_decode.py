@@ -48,11 +48,14 @@ def _ragged_batch(gpt: GPT, rng: random.Random, page_size: int):
 
 @pytest.fixture(params=[True, False], ids=["avx512", "avx2"])
 def avx512(request):
+    """The AVX-512 kernels (fp16 rows, int8 on VNNI) or the AVX2 ones, on the same machine."""
     if request.param and not cpu.use_avx512(True):
         pytest.skip("no AVX-512 on this CPU")
     cpu.use_avx512(request.param)
+    cpu.use_vnni(request.param)
     yield
     cpu.use_avx512(True)
+    cpu.use_vnni(True)
 
 
 @pytest.mark.parametrize("int8", [False, True], ids=["fp16-exact", "int8"])
@@ -61,8 +64,6 @@ def test_decode_kernel_matches_per_op_path_on_random_ragged_batches(int8, avx512
     LayerNorm round differently from torch's, so now and then an element lands on the other side of a rounding
     boundary: that row then differs by about one quantisation step. One such row per layer is allowed for int8
     (over these 24 layer passes one occurs, 2026-11-27); every other row must agree to float rounding."""
-    if int8 and not cpu.int8_available():
-        pytest.skip("no AVX-512 VNNI here")
     rng = random.Random(7)
     for trial in range(12):
         gpt = _gpt(n_layer=2, d=rng.choice([64, 96, 128]), h=rng.choice([2, 4]), seed=trial)  # head sizes 16-64

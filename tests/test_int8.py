@@ -172,16 +172,24 @@ def test_every_int8_path_gives_the_same_bits():
     xq, s = quantize_rows(x)
     acc = xq.double() @ Q.double().t()
     assert torch.equal(ref, ((acc.float() * s[:, None]) * scale + q.bias))
-    assert q.gemv is not None or not cpu.int8_available()
+    assert q.gemv is not None or not cpu.available()
     assert (q.amx is not None) == cpu.amx_available()  # 256 × 384 fits AMX's tiles
 
 
-int8_kernel = pytest.mark.skipif(not cpu.int8_available(), reason="no AVX-512 VNNI here")
+@pytest.fixture(params=[True, False], ids=["vnni", "avx2"])
+def vnni(request):
+    """The int8 kernels on AVX-512 VNNI or on AVX2, on the same machine."""
+    if not cpu.available():
+        pytest.skip("no CPU kernels here")
+    if request.param and not cpu.use_vnni(True):
+        pytest.skip("no AVX-512 VNNI on this CPU")
+    cpu.use_vnni(request.param)
+    yield
+    cpu.use_vnni(True)
 
 
-@int8_kernel
 @pytest.mark.parametrize("K,N", [(256, 384), (130, 70), (2048, 96), (3, 33)])
-def test_int8_kernel_matches_torch_bit_for_bit(K, N):
+def test_int8_kernel_matches_torch_bit_for_bit(K, N, vnni):
     """Every row count the kernel takes (1-16: the four-block, two-block and one-block paths), K not a multiple of 4
     (zero padding) and a partial last column block, with and without bias."""
     from specdec.models.int8 import w8a8
@@ -192,17 +200,14 @@ def test_int8_kernel_matches_torch_bit_for_bit(K, N):
             assert torch.equal(packed(x[-m:].contiguous()), w8a8(x[-m:], q, scale, b)), (m, b is None)
 
 
-def test_int8_quantisation_edge_rows():
+def test_int8_quantisation_edge_rows(vnni):
     """A zero row gives the bias, a row with NaN or ±inf gives NaN (never a silently finite row), and its neighbours
     are untouched; values halfway between integers round to even, as torch.round does."""
     from specdec.models.int8 import quantize_rows, w8a8
-    q, scale, bias, x = _int8_case(5, 64, 48, 1)
+    q, scale, bias, x = _int8_case(5, 67, 48, 1)  # K = 67: the AVX2 path's scalar tail too
     x[1] = 0.0
-    x[2, 7], x[3, 9] = float("nan"), float("-inf")
-    paths = [lambda x: w8a8(x, q, scale, bias)]
-    if cpu.int8_available():
-        paths.append(cpu.PackedInt8(q, scale, bias))
-    for f in paths:
+    x[2, 7], x[3, 66] = float("nan"), float("-inf")
+    for f in (lambda x: w8a8(x, q, scale, bias), cpu.PackedInt8(q, scale, bias)):
         y = f(x)
         assert torch.equal(y[1], bias) and bool(y[2:4].isnan().all()) and bool(y[[0, 4]].isfinite().all())
     xq, s = quantize_rows(torch.tensor([[127.0, 0.5, 1.5, -2.5, 2.4999]]))
