@@ -3,8 +3,8 @@
    Linears: fp32 activations against narrow weights, fp32 FMA accumulation. fp16 weights are exact (every product
    of an fp16 weight is exact, so outputs differ from an fp32 GEMM over the same values only by summation order);
    int8 weights with one scale per column take int8 activations (W8A8, lossy, for specdec.models.int8): each row
-   quantised to int8 with its own scale, products summed exactly in int32 by AVX-512 VNNI (`vpdpbusd`) and, for many
-   rows, AMX-INT8 — every path gives bit-identical rows. Why they exist: at 1-8 rows the cost is reading W, and
+   quantised to int8 with its own scale, products summed exactly in int32 by AVX-512 VNNI (`vpdpbusd`; AVX2's
+   `vpmaddwd` without it) and, for many rows, AMX-INT8 — every path gives bit-identical rows. Why they exist: at 1-8 rows the cost is reading W, and
    FBGEMM's fp16 GEMM reads it at ~half the machine's rate; these stream W in packed column blocks with software
    prefetch.
 

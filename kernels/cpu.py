@@ -170,9 +170,9 @@ class PackedInt8(_Packed):
         super().__init__(data, K, N, scale, bias)
 
 
-class AmxInt8:
-    """Q [K, N] int8 with one scale per column and an optional bias, for many rows on AMX (`amx_linear_int8`: the
-    W8A8 arithmetic of `PackedInt8`, bit-identical rows). Needs `amx_available()`, K % 64 == 0 and N % 16 == 0
+class AmxInt8(_Packed):
+    """Q [K, N] int8 with one scale per column and an optional bias in AMX tiles, for many rows (`amx_linear_int8`:
+    the W8A8 arithmetic of `PackedInt8`, bit-identical rows). Needs `amx_available()`, K % 64 == 0 and N % 16 == 0
     (`fits`)."""
 
     @staticmethod
@@ -180,17 +180,15 @@ class AmxInt8:
         return K % 64 == 0 and N % 16 == 0 and amx_available()
 
     def __init__(self, q: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None):
-        self.K, self.N = q.shape
-        self.tiles = torch.empty(self.K * self.N, dtype=torch.int8)
-        _lib().amx_pack_int8(q.contiguous().data_ptr(), self.K, self.N, self.tiles.data_ptr())
-        self.scale = scale.detach().float().contiguous()
-        self.bias = None if bias is None else bias.detach().float().contiguous()
+        K, N = q.shape
+        tiles = torch.empty(K * N, dtype=torch.int8)
+        _lib().amx_pack_int8(q.detach().contiguous().data_ptr(), K, N, tiles.data_ptr())
+        super().__init__(tiles, K, N, scale, bias)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """x [M, K] fp32 contiguous → [M, N]."""
         y = torch.empty(x.shape[0], self.N)
-        _lib().amx_linear_int8(self.tiles.data_ptr(), self.scale.data_ptr(), _ptr(self.bias), self.K, self.N,
-                               x.data_ptr(), x.shape[0], y.data_ptr())
+        _lib().amx_linear_int8(*self._args[:5], x.data_ptr(), x.shape[0], y.data_ptr())
         return y
 
 
