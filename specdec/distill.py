@@ -10,13 +10,13 @@ spend capacity on the tail that top-k discards.
   gpt    the project's GPT class at n_layer × d_model, its own embeddings and head. When the width matches the
          target's, embeddings, head and the first n_layer blocks start as copies of the target's (a layer-skip
          draft that then learns to finish the job).
-  eagle  specdec.models.eagle: fed [h_{t-1} ; emb(x_t)], sharing the target's embeddings and head. A second pass
-         feeds it its own ĥ_{t-1} — what it sees from the second draft step on — trained the same way (EAGLE-3's
-         "training-time test"), so acceptance holds up at later draft positions.
+  eagle  specdec.models.eagle: fed [h_{t-1} ; emb(x_t)], sharing the target's embeddings and head. Pass j + 1
+         feeds it its own ĥ_{t-1} from pass j — what it sees at draft step j + 1 — trained the same way (EAGLE-3's
+         "training-time test", `passes` deep), so acceptance holds up at later draft positions.
 
 Acceptance α = Σ_x min(p(x), q(x)) with q warped as at inference is reported on held-out sequences before and
-after, at draft step 1 and 2 (for gpt drafts both are the same: they never see target states). Checkpoints go to
-`work_dir`; re-running with the same arguments resumes.
+after, at draft steps 1 … `ALPHA_STEPS` (for gpt drafts all are the same: they never see target states).
+Checkpoints go to `work_dir`; re-running with the same arguments resumes.
 """
 from __future__ import annotations
 
@@ -57,13 +57,15 @@ class DistillConfig:
     lr: float = 1e-3
     warmup: int = 100
     weight_decay: float = 0.01
-    second_pass: bool = True  # eagle only
+    passes: int = 2  # eagle only: draft steps unrolled in training (1 = teacher-forced features only)
     seed: int = 0
     checkpoint_every: int = 100
     precision: str = "fp32"  # training steps (teacher and draft): "fp32" or "bf16" (CPU autocast); α stays fp32
 
     def __post_init__(self):
         check_precision(self.precision)
+        if self.passes < 1:
+            raise ValueError(f"passes must be >= 1 (got {self.passes})")
 
 
 @dataclass
@@ -125,15 +127,18 @@ def new_draft(target: GPT, cfg: DistillConfig) -> GPT | EagleDraft:
     return draft
 
 
-def _logits(target: GPT, draft, batch: _Batch, second: bool = False) -> torch.Tensor:
-    """Draft logits at the audio positions: step 1, or (eagle) step 2 fed its own features."""
+def _logits(target: GPT, draft, batch: _Batch, steps: int = 1) -> list[torch.Tensor]:
+    """Draft logits at the audio positions for draft steps 1 … steps: an EAGLE draft's step j + 1 is fed its own
+    step-j features (a GPT draft never sees target states: one set of logits serves every step)."""
     if isinstance(draft, EagleDraft):
-        hat = draft.forward_dense(_shift(batch.h), batch.x, batch.mask)
-        if second:
-            hat = draft.forward_dense(_shift(hat.detach() if draft.training else hat), batch.x, batch.mask)
-        return target.logits(hat[batch.audio])
+        out, h = [], batch.h
+        for _ in range(steps):
+            h = draft.forward_dense(_shift(h.detach() if draft.training and h is not batch.h else h), batch.x,
+                                    batch.mask)
+            out.append(target.logits(h[batch.audio]))
+        return out
     x, _ = _embed(draft, batch.examples)  # the draft's own embeddings; the mask is the batch's
-    return draft.logits(draft.forward_dense(x, batch.mask)[batch.audio])
+    return [draft.logits(draft.forward_dense(x, batch.mask)[batch.audio])] * steps
 
 
 def save_draft(draft, path: str, target: GPT) -> None:
@@ -144,22 +149,23 @@ def save_draft(draft, path: str, target: GPT) -> None:
 
 
 # ---- evaluation and training --------------------------------------------------------------------------------
+ALPHA_STEPS = 4  # draft steps whose held-out α is reported
+
+
 @torch.no_grad()
-def acceptance(target: GPT, draft, examples: list[Example], params: SamplingParams) -> tuple[float, float]:
-    """Mean α at draft step 1 and step 2, teacher-forced, q warped exactly as the drafter samples."""
+def acceptance(target: GPT, draft, examples: list[Example], params: SamplingParams,
+               steps: int = ALPHA_STEPS) -> tuple[float, ...]:
+    """Mean α at draft steps 1 … steps, teacher-forced, q warped exactly as the drafter samples."""
     draft.eval()
-    a1 = a2 = 0.0
+    total = [0.0] * steps
     n = 0
     for i in range(0, len(examples), 8):
         batch = _batch(target, examples[i:i + 8], params)
         ban = torch.zeros(batch.p.shape[0], dtype=torch.bool)
-        q1, _ = warp(_logits(target, draft, batch), batch.seen, ban, params)
-        q2 = q1 if not isinstance(draft, EagleDraft) else warp(_logits(target, draft, batch, True), batch.seen,
-                                                                ban, params)[0]
-        a1 += torch.minimum(batch.p, q1).sum().item()
-        a2 += torch.minimum(batch.p, q2).sum().item()
+        for j, logits in enumerate(_logits(target, draft, batch, steps)):
+            total[j] += torch.minimum(batch.p, warp(logits, batch.seen, ban, params)[0]).sum().item()
         n += batch.p.shape[0]
-    return a1 / n, a2 / n
+    return tuple(a / n for a in total)
 
 
 def _batches(examples: list[Example], batch_tokens: int, rng: random.Random):
@@ -210,9 +216,8 @@ def distill(target: GPT, train: list[Example], held_out: list[Example], out_path
             g["lr"] = lr
         with autocast(cfg.precision):
             batch = _batch(target, [train[i] for i in next(batches)], params)
-            loss = _kl(batch.p, _logits(target, draft, batch))
-            if cfg.second_pass and isinstance(draft, EagleDraft):
-                loss = loss + _kl(batch.p, _logits(target, draft, batch, second=True))
+            steps = cfg.passes if isinstance(draft, EagleDraft) else 1
+            loss = sum(_kl(batch.p, logits) for logits in _logits(target, draft, batch, steps))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(draft.parameters(), 1.0)

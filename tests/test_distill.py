@@ -3,7 +3,7 @@ checkpoint, and the trained file drafts for the engine with exact (greedy-identi
 import pytest
 import torch
 
-from specdec.distill import DistillConfig, Example, distill
+from specdec.distill import ALPHA_STEPS, DistillConfig, Example, distill
 from specdec.engine import Engine, Request
 from specdec.sampling import SamplingParams
 from test_spec import sticky_gpt
@@ -24,6 +24,7 @@ def test_training_raises_acceptance_and_resumes(tmp_path, kind, n_layer, precisi
     assert resumed["alpha_before"] == first["alpha_before"] and resumed["steps"] == 150
     assert resumed["alpha_after"][0] > first["alpha_before"][0] + 0.3  # step-1 acceptance, held out
     assert resumed["alpha_after"][1] > first["alpha_before"][1] + 0.3  # step 2 (eagle: fed its own features)
+    assert len(resumed["alpha_after"]) == ALPHA_STEPS
     draft = out  # the file, resolved by the engine like a user's --draft path
     ref = Engine(target).generate([Request(reqs[55].phones, reqs[55].prompt, params=SamplingParams(top_k=1))])[0]
     got = Engine(target, draft, k=4).generate([Request(reqs[55].phones, reqs[55].prompt,
@@ -31,6 +32,8 @@ def test_training_raises_acceptance_and_resumes(tmp_path, kind, n_layer, precisi
     assert torch.equal(got.tokens, ref.tokens) and got.stats.num_accepted_tokens > 0
 
 
-def test_a_bad_precision_fails_when_the_config_is_built():
+def test_a_bad_config_fails_when_it_is_built():
     with pytest.raises(ValueError, match="precision"):
         DistillConfig(precision="fp16")
+    with pytest.raises(ValueError, match="passes"):
+        DistillConfig(passes=0)

@@ -137,7 +137,7 @@ def step_draft(args) -> None:
     train, test = _utterances(args)
     target = load_gpt(os.path.join(args.data, f"{args.name}.safetensors"))
     cfg = DistillConfig(kind=args.draft_kind, n_layer=args.draft_layers, steps=args.draft_steps, checkpoint_every=25,
-                        precision=args.precision)
+                        precision=args.precision, passes=args.draft_passes)
     name = ("" if args.name == "gpt" else f"{args.name}_") + ("draft" if args.draft_kind == "eagle" else "draft_gpt")
     with _progress() as p:
         task = p.add_task(name, total=cfg.steps)
@@ -146,7 +146,8 @@ def step_draft(args) -> None:
                          progress=lambda i, n, kl: p.update(task, completed=i, description=f"{name} KL {kl:.3f}"))
     with open(os.path.join(args.data, f"{name}_report.json"), "w") as f:
         json.dump(report, f, indent=1)
-    console.print(f"draft: held-out α (step 1 / step 2) {report['alpha_before']} → {report['alpha_after']}")
+    before, after = (" / ".join(f"{x:.3f}" for x in report[k]) for k in ("alpha_before", "alpha_after"))
+    console.print(f"draft: held-out α at draft steps 1–{len(report['alpha_after'])}: {before} → {after}")
 
 
 def step_bundle(args) -> None:
@@ -208,6 +209,7 @@ def main(argv=None) -> int:
     ap.add_argument("--name", default="gpt", help="the target GPT's file and checkpoint name under --data")
     ap.add_argument("--draft-kind", choices=["eagle", "gpt"], default="eagle")
     ap.add_argument("--draft-layers", type=int, default=1)
+    ap.add_argument("--draft-passes", type=int, default=2, help="EAGLE draft steps unrolled in training")
     ap.add_argument("--draft-steps", type=int, default=500)
     ap.add_argument("--decoder", default="/work/data/demo/decoder.safetensors", help="trained fast decoder")
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "..", "..", "models", "demo"),
