@@ -224,17 +224,20 @@ def floor_text(f: dict, upstream_ms: float) -> str:
 ECO = "eco AR (int8 target, lossy)"
 
 
-def eco_draft_names(names: list[str]) -> list[str]:
-    """The drafts the bench also runs over the eco target: all but int8 copies of the target (`int8`, `int8:N`)."""
+def eco_draft_names(drafts: dict) -> list[str]:
+    """The drafts (name → draft) the bench also runs over the eco target: all but int8 copies of the target
+    (`int8`, `int8:N`)."""
     from specdec.drafters import int8_copy_of_target
-    return [d for d in names if not int8_copy_of_target(d)]
+    return [name for name, d in drafts.items() if not (isinstance(d, str) and int8_copy_of_target(d))]
 
 
 def spec_sweep(target, drafts: dict, ks: list[int], requests: list, repeats: int = 3, warmup: int = 1,
-               upstream: bool = False, eco: bool = False, progress=None) -> dict:
+               upstream: bool = False, eco: bool = False, progress=None,
+               draft_temperatures: dict[str, float] | None = None) -> dict:
     """tokens/s and acceptance of specdec AR, upstream (optional) and every (draft, k), interleaved; with `eco` also
     the int8 target alone and every (draft, k) over it (lossy: their rows carry lossy=True; int8 copies of the target
-    are left out there, the eco target being one already)."""
+    are left out there, the eco target being one already). draft_temperatures: per draft name, the engine's draft
+    temperature (default 1)."""
     from specdec.engine import Engine
     stats: dict[str, list] = {}
 
@@ -245,20 +248,23 @@ def spec_sweep(target, drafts: dict, ks: list[int], requests: list, repeats: int
             return sum(len(o.tokens) for o in outs)
         return run
 
+    temperature = (draft_temperatures or {}).get
     contenders = {"AR": runner(Engine(target), "AR")}
     for dname, draft in drafts.items():
         for k in ks:
-            contenders[f"{dname} k={k}"] = runner(Engine(target, draft, k=k), f"{dname} k={k}")
+            contenders[f"{dname} k={k}"] = runner(Engine(target, draft, k=k, draft_temperature=temperature(dname, 1.0)),
+                                                  f"{dname} k={k}")
     eco_drafts = []
     if eco:
         from specdec.models.int8 import quantize_gpt
         eco_target = quantize_gpt(target)
         contenders[ECO] = runner(Engine(eco_target), ECO)
-        eco_drafts = eco_draft_names(list(drafts))
+        eco_drafts = eco_draft_names(drafts)
         for dname in eco_drafts:
             for k in ks:
                 name = f"eco {dname} k={k}"
-                contenders[name] = runner(Engine(eco_target, drafts[dname], k=k), name)
+                contenders[name] = runner(Engine(eco_target, drafts[dname], k=k,
+                                                 draft_temperature=temperature(dname, 1.0)), name)
     if upstream:
         from specdec.upstream import upstream_t2s
         up = upstream_t2s(target.cfg, target.state_dict())
@@ -292,7 +298,8 @@ def spec_sweep(target, drafts: dict, ks: list[int], requests: list, repeats: int
                        lossy=merged.lossy)
         rows.append(row)
     return {"machine": machine(), "target": target.cfg.to_dict(), "ks": ks, "drafts": list(drafts),
-            "eco_drafts": eco_drafts, "n_requests": len(requests), "rows": rows}
+            "draft_temperatures": {d: temperature(d, 1.0) for d in drafts}, "eco_drafts": eco_drafts,
+            "n_requests": len(requests), "rows": rows}
 
 
 # ---- end to end: text → audio through the pipeline, streaming -------------------------------------------------

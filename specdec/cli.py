@@ -47,6 +47,9 @@ def _add_synth(sub) -> None:
     p.add_argument("--k", type=int, default=None,
                    help="drafts per round (default: the bundle's for the mode; 6 for an int8 copy, else 4)")
     p.add_argument("--adaptive", action="store_true", help="pick k per round from observed acceptance")
+    p.add_argument("--draft-temperature", type=float, default=None,
+                   help="the draft samples at this multiple of --temperature (exact for any value; default: the "
+                        "bundle's for the mode, else 1)")
     # sampling defaults: the demo bundle's generation.json (its model card says why), else upstream's 15, 1, 1, 1.35
     p.add_argument("--top-k", type=int, default=None)
     p.add_argument("--top-p", type=float, default=None)
@@ -91,6 +94,8 @@ def cmd_synth(args) -> None:
         raise SpecdecError("the text is empty")
     if args.k is not None and not 1 <= args.k <= MAX_K:
         raise SpecdecError(f"--k must lie in 1..{MAX_K} (got {args.k})")
+    if args.draft_temperature is not None and not 0 < args.draft_temperature < float("inf"):
+        raise SpecdecError(f"--draft-temperature must be positive (got {args.draft_temperature})")
     out_dir = os.path.dirname(os.path.abspath(args.out))
     if not os.path.isdir(out_dir):
         raise SpecdecError(f"{args.out}: the folder {out_dir} does not exist")
@@ -102,12 +107,15 @@ def cmd_synth(args) -> None:
         gpt = quantize_gpt(gpt)
     drafting = generation.get(args.mode, {})  # the bundle's measured draft and k for this mode
     spec = args.draft if args.draft is not None else drafting.get("draft", preset["draft"])
-    k = drafting.get("k", 4)
+    k, draft_temperature = drafting.get("k", 4), drafting.get("draft_temperature", 1.0)
     if args.draft is None and spec == "bundle" and bundle_draft is None:
-        spec, k = preset["unbundled"], preset.get("unbundled_k", k)
+        spec, k, draft_temperature = preset["unbundled"], preset.get("unbundled_k", k), 1.0
+    if args.draft is not None:  # the bundle's temperature was measured for its own draft
+        draft_temperature = 1.0
     draft = _resolve_draft(spec, bundle_draft)
     stream = preset["stream"] if args.stream is None else args.stream
-    tts = TTS(gpt, decoder, frontend, draft=draft, k=args.k or k, adaptive=args.adaptive)
+    tts = TTS(gpt, decoder, frontend, draft=draft, k=args.k or k, adaptive=args.adaptive,
+              draft_temperature=args.draft_temperature or draft_temperature)
     frontend.read(args.text, args.language or voice.language)  # a text it cannot read fails now, not after warm-up
     tts.warm_up(voice)  # first-audio time then measures synthesis, not dictionary loading or weight packing
     audio, stats = synthesize(args.text, tts, voice, streaming=stream, language=args.language,
@@ -115,7 +123,8 @@ def cmd_synth(args) -> None:
     write_wav(args.out, audio, decoder.sample_rate)
     report = {**stats.to_dict(), "out": args.out, "mode": args.mode,
               "draft": spec if spec == "bundle-int8" else _draft_name(draft),
-              "k": tts.k if draft is not None else 0, "streaming": stream, "voice": voice.name,
+              "k": tts.k if draft is not None else 0, "draft_temperature": tts.draft_temperature if draft is not None
+              else None, "streaming": stream, "voice": voice.name,
               "sampling": {name: getattr(params, name) for name in (*SAMPLING_OPTIONS, "seed")}}
     if args.json:
         print(json.dumps(report))
@@ -168,7 +177,8 @@ def _print_synth_table(r: dict) -> None:
     t = Table(title=f"specdec synth → {r['out']}", show_header=False)
     acc = " ".join(f"{a:.2f}" for a in r["acceptance_per_position"]) or "–"
     rows = [("voice / mode", f"{r['voice']} / {r['mode']}" + (" (LOSSY: int8 GPT)" if r["lossy"] else "")),
-            ("draft", f"{r['draft']}" + (f" (k={r['k']})" if r["k"] else "")),
+            ("draft", f"{r['draft']}" + (f" (k={r['k']}" + (f", T×{r['draft_temperature']:g}" if r["draft_temperature"]
+                                                           not in (None, 1.0) else "") + ")" if r["k"] else "")),
             ("sampling", "top_k {top_k} · top_p {top_p:g} · T {temperature:g} · repetition penalty "
                          "{repetition_penalty:g} · seed {seed}".format(**r["sampling"])),
             ("tokens generated", f"{r['tokens']}"),
@@ -199,6 +209,9 @@ def _add_bench(sub) -> None:
                    help="draft to sweep: a GPT/EAGLE file, layerskip:N, int8[:N|:FILE], ngram, bundle (the demo's "
                         "EAGLE draft), bundle-gpt (its small GPT draft) or either + '-int8' (repeatable)")
     p.add_argument("--k", default="2,4,6,8", help="comma-separated draft lengths to sweep")
+    p.add_argument("--draft-temperature", default="1",
+                   help="comma-separated draft temperatures (multiples of the request's) to sweep for every model "
+                        "draft; rows other than 1 are named DRAFT T×t")
     p.add_argument("--tokens", type=int, default=150, help="max new tokens per request")
     p.add_argument("--requests", type=int, default=2, help="requests in the fixed set")
     p.add_argument("--repeats", type=int, default=3)
@@ -262,8 +275,9 @@ def cmd_bench(args) -> None:
             # is named by its file name
             path = d.removeprefix("int8:")
             drafts[d.replace(path, os.path.basename(path))] = d
+    drafts, draft_temperatures = _at_temperatures(drafts, _float_list(args.draft_temperature, "--draft-temperature"))
     upstream = not args.no_upstream and _upstream_importable()
-    n_eco = (1 + len(bench.eco_draft_names(list(drafts))) * len(ks)) if args.eco else 0
+    n_eco = (1 + len(bench.eco_draft_names(drafts)) * len(ks)) if args.eco else 0
     n_configs = 1 + len(drafts) * len(ks) + upstream + n_eco
     console = Console(stderr=True)
     with Progress(console=console, transient=True) as progress:
@@ -271,14 +285,16 @@ def cmd_bench(args) -> None:
 
         def step(msg: str) -> None:
             progress.update(task, advance=1, description=msg)
-        res = bench.spec_sweep(target, drafts, ks, requests, args.repeats, args.warmup, upstream, args.eco, step)
+        res = bench.spec_sweep(target, drafts, ks, requests, args.repeats, args.warmup, upstream, args.eco, step,
+                               draft_temperatures)
         if bundle is not None:  # end to end: AR against the fastest exact configuration, both streaming
             from specdec.pipeline import TTS
             best = max((r for r in res["rows"] if " k=" in r["name"] and not r.get("lossy")),
                        key=lambda r: r["speedup_vs_AR"])
             dname, k = best["name"].rsplit(" k=", 1)
             configs = {"AR": TTS(target, bundle.decoder, bundle.frontend),
-                       best["name"]: TTS(target, bundle.decoder, bundle.frontend, draft=drafts[dname], k=int(k))}
+                       best["name"]: TTS(target, bundle.decoder, bundle.frontend, draft=drafts[dname], k=int(k),
+                                         draft_temperature=draft_temperatures[dname])}
             task = progress.add_task("end to end", total=len(configs) * (args.repeats + args.warmup))
             res["end_to_end"] = bench.end_to_end(configs, voice, bench.BENCH_TEXTS[:args.requests], args.repeats,
                                                  args.warmup, lambda m: progress.update(task, advance=1, description=m))
@@ -319,6 +335,8 @@ def _add_distill(sub) -> None:
     p.add_argument("--layers", type=int, default=1)
     p.add_argument("--width", type=int, default=None, help="gpt drafts: width (default: the target's)")
     p.add_argument("--steps", type=int, default=1000)
+    p.add_argument("--passes", type=int, default=2,
+                   help="eagle drafts: draft steps unrolled in training, each fed the previous step's features")
     p.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="training steps' matmuls; bf16 (a CPU autocast) is ~3x faster where the CPU has AMX or "
                         "AVX512-BF16; acceptance is measured in fp32 either way")
@@ -341,8 +359,8 @@ def cmd_distill(args) -> None:
     from specdec.models.checkpoint import load_gpt
     from specdec.models.text import Frontend
     from specdec.sampling import SamplingParams
-    if args.layers < 1 or (args.width is not None and args.width < 8) or args.steps < 1:
-        raise SpecdecError("--layers and --steps must be ≥ 1 and --width ≥ 8")
+    if args.layers < 1 or (args.width is not None and args.width < 8) or args.steps < 1 or args.passes < 1:
+        raise SpecdecError("--layers, --steps and --passes must be ≥ 1 and --width ≥ 8")
     if not os.path.isfile(args.texts):
         raise SpecdecError(f"{args.texts}: no such file")
     with open(args.texts, encoding="utf-8") as f:
@@ -379,14 +397,14 @@ def cmd_distill(args) -> None:
         weights.save_checkpoint([{"phones": e.phones, "tokens": e.tokens} for e in examples], data_path)
     n_held = max(1, len(examples) // 10)
     cfg = distill.DistillConfig(kind=args.kind, n_layer=args.layers, d_model=args.width, steps=args.steps,
-                                precision=args.precision)
+                                precision=args.precision, passes=args.passes)
     with Progress(*columns, TextColumn("loss {task.fields[loss]:.3f}"), console=console, transient=True) as progress:
         task = progress.add_task(f"distilling {args.kind}", total=args.steps, loss=float("nan"))
         report = distill.distill(target, examples[:-n_held], examples[-n_held:], args.out, work, cfg,
                                  progress=lambda step, total, loss: progress.update(task, completed=step, loss=loss))
     b, a = report["alpha_before"], report["alpha_after"]
-    Console().print(f"wrote {args.out} ({args.kind}, {args.layers} layer(s)): held-out acceptance α "
-                    f"{b[0]:.3f} → {a[0]:.3f} at draft step 1, {b[1]:.3f} → {a[1]:.3f} at step 2 "
+    Console().print(f"wrote {args.out} ({args.kind}, {args.layers} layer(s)): held-out acceptance α at draft steps "
+                    f"1–{len(a)} {' / '.join(f'{x:.3f}' for x in b)} → {' / '.join(f'{x:.3f}' for x in a)} "
                     f"({report['steps']} steps, {len(examples) - n_held} train / {n_held} held-out sequences)")
 
 
@@ -488,6 +506,27 @@ def cmd_info(args) -> None:
     for k, v in info.items():
         t.add_row(k, f"{v:,}" if isinstance(v, int) and not isinstance(v, bool) else str(v))
     Console().print(t)
+
+
+def _float_list(s: str, flag: str) -> list[float]:
+    try:
+        xs = [float(x) for x in s.split(",") if x.strip()]
+    except ValueError:
+        raise SpecdecError(f"{flag}: expected comma-separated numbers, got {s!r}") from None
+    if not xs or not all(0 < x < float("inf") for x in xs):
+        raise SpecdecError(f"{flag}: expected positive numbers, got {s!r}")
+    return xs
+
+
+def _at_temperatures(drafts: dict, temperatures: list[float]) -> tuple[dict, dict[str, float]]:
+    """Every model draft once per draft temperature (rows `NAME T×t` beside t = 1's `NAME`); ngram's q is one-hot,
+    which no temperature changes, so it runs once."""
+    out, temps = {}, {}
+    for name, draft in drafts.items():
+        for t in [1.0] if isinstance(draft, str) and draft.startswith("ngram") else temperatures:
+            label = name if t == 1.0 else f"{name} T×{t:g}"
+            out[label], temps[label] = draft, t
+    return out, temps
 
 
 def _int_list(s: str, flag: str) -> list[int]:

@@ -67,14 +67,15 @@ class Drafter:
 
 def _sample_drafts(seqs: list["Sequence"], logits: torch.Tensor, drafts: list[list[int]]
                    ) -> tuple[list[int], torch.Tensor]:
-    """Warp the draft's logits [B, V] exactly as the target's would be at these positions (one batched call),
-    sample one token per sequence, and return the tokens with the distributions they came from."""
+    """Warp the draft's logits [B, V] as the target's would be at these positions (one batched call; at the engine's
+    draft temperature), sample one token per sequence, and return the tokens with the distributions they came
+    from."""
     seen = torch.stack([s.seen for s in seqs])
     for i, d in enumerate(drafts):
         if d:
             seen[i, d] = True
     ban = [len(s.generated) + len(d) < MIN_STEPS_BEFORE_EOS for s, d in zip(seqs, drafts)]
-    q, _ = warp(logits, seen, torch.tensor(ban), [s.request.params for s in seqs])
+    q, _ = warp(logits, seen, torch.tensor(ban), [s.draft_params for s in seqs])
     tokens = [race(q[i], exponential_noise(b, q.shape[-1], s.generator)) for i, (s, b) in enumerate(zip(seqs, ban))]
     return tokens, q
 
@@ -180,7 +181,7 @@ class _ModelDrafter(Drafter):
         threshold = -1.0 if engine.draft_threshold is None else engine.draft_threshold
         tokens, q, hidden, n = loop(x0.contiguous(), meta.slot_mapping, *meta.row_plan, per_seq, block_table,
                                     emb.audio_embedding.weight, pe, float(emb.audio_alpha),
-                                    [s.request.params for s in rs], torch.stack([s.seen for s in rs]), noise,
+                                    [s.draft_params for s in rs], torch.stack([s.seen for s in rs]), noise,
                                     threshold, self.handoff)
         for i, (s, t, m) in enumerate(zip(rs, tokens.tolist(), n.tolist())):
             drafts[id(s)] = t[:m]

@@ -51,9 +51,11 @@ class TTS:
     k: int = 4
     adaptive: bool = False
     draft_threshold: float | None = None
+    draft_temperature: float = 1.0
 
     def engine(self):
-        return engine_for(self.gpt, self.draft, self.k, adaptive=self.adaptive, draft_threshold=self.draft_threshold)
+        return engine_for(self.gpt, self.draft, self.k, adaptive=self.adaptive, draft_threshold=self.draft_threshold,
+                          draft_temperature=self.draft_temperature)
 
     def warm_up(self, voice: Voice) -> None:
         """Pay the one-time costs before the first request instead of inside its time to first audio: the text

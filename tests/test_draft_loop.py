@@ -142,3 +142,20 @@ def test_sampling_through_the_c_loop_has_the_autoregressive_distribution(draft):
     spec = _sample_many(Engine(target, drafter, k=4), phones, prompt, seed0=10**6)
     assert drafter._fused is not None  # drafted in C
     assert _min_p_value(base, spec) > ALPHA
+
+
+@pytest.mark.parametrize("loop", ["C", "torch"])
+def test_the_draft_temperature_reaches_the_drafting_loop(target, monkeypatch, loop):
+    """The target as its own draft accepts nearly everything at its own temperature and far less when it drafts at
+    a fifth of it: the setting must reach both drafting loops (the output stays exact either way)."""
+    fused = []
+    real = specdec.drafters._ModelDrafter._draft_fused
+    monkeypatch.setattr(specdec.drafters._ModelDrafter, "_draft_fused",
+                        lambda self, *a: fused.append(1) or real(self, *a))
+    if loop == "torch":
+        monkeypatch.setattr(specdec.drafters._ModelDrafter, "_loop", lambda self, engine: None)
+    reqs = requests(1, params=SamplingParams(max_new_tokens=60, seed=3))
+    rates = [Engine(target, target, k=4, draft_temperature=t).generate(reqs)[0].stats.draft_acceptance_rate
+             for t in (1.0, 0.2)]
+    assert bool(fused) == (loop == "C")
+    assert rates[0] > 0.9 and rates[1] < rates[0] - 0.2, rates

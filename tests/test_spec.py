@@ -10,6 +10,7 @@ from specdec import GPT, GPTConfig, Request, SamplingParams
 import specdec.drafters
 import specdec.engine
 from specdec.engine import Engine
+from specdec.errors import SpecdecError
 from upstream import make_upstream_gpt, randomize_, upstream_generate
 
 PV = 732
@@ -74,6 +75,12 @@ def test_self_draft_accepts_almost_everything(target):
     assert st.num_drafts > 0 and st.draft_acceptance_rate > 0.9
     assert st.mean_acceptance_length > 4.0
     assert len(st.acceptance_per_position) == 4
+
+
+def test_an_impossible_draft_temperature_is_refused(target):
+    for t in (0.0, -1.0, float("inf"), float("nan")):
+        with pytest.raises(SpecdecError, match="draft_temperature"):
+            Engine(target, target, draft_temperature=t)
 
 
 @pytest.mark.parametrize("draft", ["layerskip:2", "ngram", "perturbed"])
@@ -174,12 +181,15 @@ def dist_setup():
 ALPHA = 1e-3 / (len(POSITIONS) + 2)  # Bonferroni over the χ² tests of one comparison
 
 
-@pytest.mark.parametrize("draft", ["self", "perturbed", "perturbed-adaptive", "layerskip:1", "ngram", "eagle"])
+@pytest.mark.parametrize("draft", ["self", "perturbed", "perturbed-adaptive", "layerskip:1", "ngram", "eagle",
+                                   "eagle-cold"])
 def test_speculative_sampling_has_the_autoregressive_distribution(dist_setup, draft):
     target, phones, prompt, base = dist_setup
-    d = {"self": target, "eagle": perturbed(eagle_copy_of(target), 0.05, 5)}.get(
+    d = perturbed(eagle_copy_of(target), 0.05, 5) if "eagle" in draft else {"self": target}.get(
         draft, perturbed(target, 0.05, 3) if "perturbed" in draft else draft)  # perturbed: α ≈ 0.55
     kw = dict(adaptive=True, draft_threshold=0.2) if "adaptive" in draft else {}
+    if draft == "eagle-cold":  # the draft samples at half the temperature: q must be what it sampled from
+        kw = dict(draft_temperature=0.5)
     spec = _sample_many(Engine(target, d, k=4, **kw), phones, prompt, seed0=10**6)  # disjoint seeds
     assert _min_p_value(base, spec) > ALPHA
 
@@ -241,10 +251,11 @@ def test_install_keeps_upstream_tokens_and_contract(draft):
     assert torch.equal(upstream_generate(up, phones, None, top_k=1, early_stop_num=30)[0], free_ref)
 
 
-@pytest.mark.parametrize("mode", ["adaptive", "threshold"])
+@pytest.mark.parametrize("mode", ["adaptive", "threshold", "draft temperature"])
 def test_adaptive_draft_length_stays_exact(target, mode):
     ref = Engine(target).generate(requests(3))
-    kw = {"adaptive": True} if mode == "adaptive" else {"draft_threshold": 0.5}
+    kw = {"adaptive": {"adaptive": True}, "threshold": {"draft_threshold": 0.5},
+          "draft temperature": {"draft_temperature": 0.6}}[mode]
     for draft in [perturbed(target, 0.3, 4), "layerskip:2"]:
         outs = Engine(target, draft, k=6, **kw).generate(requests(3))
         for o, r in zip(outs, ref):
