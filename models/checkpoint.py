@@ -98,8 +98,10 @@ def load_gpt(path: str, dtype: torch.dtype = torch.float32) -> GPT:
     """Read an upstream GPT `.ckpt` or a specdec `.safetensors` file into a GPT in eval mode."""
     weights.check_file(path, "GPT checkpoint")
     if weights.is_safetensors(path):
-        state, config, _ = weights.read(path, FORMAT_TAG, "GPT")
-        return weights.load_state(path, GPT(GPTConfig.from_dict(config)), state, dtype, "GPT")
+        state, config, meta = weights.read(path, FORMAT_TAG, "GPT")
+        model = weights.load_state(path, GPT(GPTConfig.from_dict(config)), state, dtype, "GPT")
+        model.draft_temperature = weights.draft_temperature(path, meta)
+        return model
     return load_upstream_gpt(path, dtype)
 
 
@@ -109,7 +111,8 @@ def save_gpt(model: GPT, path: str, dtype: torch.dtype | None = None, extra: dic
     if model.quantization is not None:
         raise SpecdecError(f"{path}: refusing to save a {model.quantization} GPT; save the original and quantise "
                            "after loading (specdec.quantize_gpt)")
-    weights.write(path, model.state_dict(), FORMAT_TAG, model.cfg.to_dict(), dtype, **(extra or {}))
+    weights.write(path, model.state_dict(), FORMAT_TAG, model.cfg.to_dict(), dtype,
+                  **weights.draft_temperature_meta(model.draft_temperature), **(extra or {}))
 
 
 def upstream_checkpoint(model: GPT, dtype: torch.dtype = torch.float16) -> dict:

@@ -56,8 +56,10 @@ class EagleDraft(nn.Module):
         self.cfg = cfg
         self.fc = Linear(2 * cfg.d_model, cfg.d_model)
         self.layers = Blocks(Block(cfg.block_config()) for _ in range(cfg.n_layer))
+        self.draft_temperature = 1.0  # its sampling temperature ÷ the request's (distillation measures it)
 
-    def forward(self, h_prev: torch.Tensor, x_emb: torch.Tensor, meta: AttentionMetadata, kv_cache: list) -> torch.Tensor:
+    def forward(self, h_prev: torch.Tensor, x_emb: torch.Tensor, meta: AttentionMetadata,
+                kv_cache: list) -> torch.Tensor:
         """h_prev, x_emb [T, d] → ĥ [T, d], writing the draft's K/V through `meta.slot_mapping`."""
         return self.layers.forward(self.fc(torch.cat([h_prev, x_emb], dim=-1)), meta, kv_cache)
 
@@ -70,7 +72,8 @@ class EagleDraft(nn.Module):
 
 
 def save_eagle(model: EagleDraft, path: str, target_cfg: GPTConfig, dtype: torch.dtype | None = None) -> None:
-    weights.write(path, model.state_dict(), FORMAT_TAG, model.cfg.to_dict(), dtype, target=target_cfg.to_dict())
+    weights.write(path, model.state_dict(), FORMAT_TAG, model.cfg.to_dict(), dtype, target=target_cfg.to_dict(),
+                  **weights.draft_temperature_meta(model.draft_temperature))
 
 
 def is_eagle_file(path: str) -> bool:
@@ -84,4 +87,6 @@ def load_eagle(path: str, target_cfg: GPTConfig, dtype: torch.dtype = torch.floa
     if cfg.d_model != target_cfg.d_model or trained_for != target_cfg:
         raise SpecdecError(f"{path}: this EAGLE draft was trained for a {trained_for.n_layer}×{trained_for.d_model} "
                            f"GPT, not this {target_cfg.n_layer}×{target_cfg.d_model} one")
-    return weights.load_state(path, EagleDraft(cfg), state, dtype, "EAGLE draft")
+    model = weights.load_state(path, EagleDraft(cfg), state, dtype, "EAGLE draft")
+    model.draft_temperature = weights.draft_temperature(path, meta)
+    return model

@@ -193,6 +193,7 @@ class GPT(nn.Module):
         self.head = Linear(d, cfg.vocab_size, bias=False)
         self.register_buffer("pe", sinusoid_table(4000, d), persistent=False)
         self.quantization: str | None = None  # "int8": lossy block matmuls (specdec.models.int8.quantize_gpt)
+        self.draft_temperature = 1.0  # as a draft: its sampling temperature ÷ the request's (distillation measures it)
 
     # ---- embeddings ---------------------------------------------------------------------------------------
     def position_table(self, n: int) -> torch.Tensor:

@@ -88,6 +88,22 @@ def read(path: str, format_tag: str, kind: str) -> tuple[dict[str, torch.Tensor]
     return state, config, meta
 
 
+def draft_temperature(path: str, meta: dict) -> float:
+    """A model file's measured sampling temperature as a draft, ÷ the request's (1 when it records none)."""
+    try:
+        t = float(json.loads(meta.get("draft_temperature", "1")))
+    except (ValueError, TypeError):
+        t = float("nan")
+    if not 0 < t < float("inf"):
+        raise SpecdecError(f"{path}: draft_temperature in the metadata must be a positive number")
+    return t
+
+
+def draft_temperature_meta(t: float) -> dict:
+    """The metadata entry `draft_temperature` reads back (none for 1)."""
+    return {} if t == 1.0 else {"draft_temperature": t}
+
+
 def format_of(path: str) -> str | None:
     """The `format` tag of a specdec safetensors file, or None for anything else."""
     from safetensors import safe_open

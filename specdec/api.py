@@ -13,7 +13,8 @@ _engines: "weakref.WeakKeyDictionary[GPT, dict]" = weakref.WeakKeyDictionary()
 
 
 def engine_for(gpt: GPT, draft=None, k: int = 4, page_size: int | None = None, backend: str | None = None,
-               adaptive: bool = False, draft_threshold: float | None = None, draft_temperature: float = 1.0) -> Engine:
+               adaptive: bool = False, draft_threshold: float | None = None,
+               draft_temperature: float | None = None) -> Engine:
     """A cached Engine per (model, draft, settings): its page pool and draft pages are reused across calls."""
     key = (id(draft) if not isinstance(draft, (str, type(None))) else draft, k, page_size, backend, adaptive,
            draft_threshold, draft_temperature)
@@ -29,15 +30,15 @@ def generate(gpt: GPT, phones: torch.Tensor, prompt: torch.Tensor | None = None,
              draft=None, k: int = 4, top_k: int | None = 15, top_p: float = 1.0, temperature: float = 1.0,
              repetition_penalty: float = 1.35, seed: int | None = None, max_new_tokens: int = MAX_STEPS,
              page_size: int | None = None, backend: str | None = None, adaptive: bool = False,
-             draft_threshold: float | None = None, draft_temperature: float = 1.0) -> GenerationOutput:
+             draft_threshold: float | None = None, draft_temperature: float | None = None) -> GenerationOutput:
     """Semantic tokens for one request, distributed exactly as upstream's sampler would produce them.
 
     phones [n] long (prompt phones + target phones), prompt [m] long or None (prompt-free), bert [1024, n] or None.
     draft: None (autoregressive), "layerskip:N", "ngram", a GPT, or a path to one; k: drafts per round (the
     maximum with adaptive=True, which picks k per round from observed acceptance and measured costs);
     draft_threshold: stop a round's drafting once the draft drew a token it gave less than this probability;
-    draft_temperature: the draft samples at this multiple of `temperature` (exact for any value; below 1 a broad
-    draft agrees with the target more often).
+    draft_temperature: the draft samples at this multiple of `temperature` (exact for any value; None: the draft's
+    own, measured by `specdec distill` and stored in its file, else 1).
     """
     params = SamplingParams(top_k=top_k, top_p=top_p, temperature=temperature,
                             repetition_penalty=repetition_penalty, max_new_tokens=max_new_tokens, seed=seed)
@@ -48,7 +49,7 @@ def generate(gpt: GPT, phones: torch.Tensor, prompt: torch.Tensor | None = None,
 
 def generate_batch(gpt: GPT, requests: list[Request], *, draft=None, k: int = 4, page_size: int | None = None,
                    backend: str | None = None, adaptive: bool = False, draft_threshold: float | None = None,
-                   draft_temperature: float = 1.0) -> list[GenerationOutput]:
+                   draft_temperature: float | None = None) -> list[GenerationOutput]:
     """Several requests in one batch; each gets exactly what it would get alone."""
     return engine_for(gpt, draft, k, page_size, backend, adaptive, draft_threshold,
                       draft_temperature).generate(requests)

@@ -237,7 +237,7 @@ def spec_sweep(target, drafts: dict, ks: list[int], requests: list, repeats: int
     """tokens/s and acceptance of specdec AR, upstream (optional) and every (draft, k), interleaved; with `eco` also
     the int8 target alone and every (draft, k) over it (lossy: their rows carry lossy=True; int8 copies of the target
     are left out there, the eco target being one already). draft_temperatures: per draft name, the engine's draft
-    temperature (default 1)."""
+    temperature (default: the draft's own)."""
     from specdec.engine import Engine
     stats: dict[str, list] = {}
 
@@ -252,7 +252,7 @@ def spec_sweep(target, drafts: dict, ks: list[int], requests: list, repeats: int
     contenders = {"AR": runner(Engine(target), "AR")}
     for dname, draft in drafts.items():
         for k in ks:
-            contenders[f"{dname} k={k}"] = runner(Engine(target, draft, k=k, draft_temperature=temperature(dname, 1.0)),
+            contenders[f"{dname} k={k}"] = runner(Engine(target, draft, k=k, draft_temperature=temperature(dname)),
                                                   f"{dname} k={k}")
     eco_drafts = []
     if eco:
@@ -264,7 +264,7 @@ def spec_sweep(target, drafts: dict, ks: list[int], requests: list, repeats: int
             for k in ks:
                 name = f"eco {dname} k={k}"
                 contenders[name] = runner(Engine(eco_target, drafts[dname], k=k,
-                                                 draft_temperature=temperature(dname, 1.0)), name)
+                                                 draft_temperature=temperature(dname)), name)
     if upstream:
         from specdec.upstream import upstream_t2s
         up = upstream_t2s(target.cfg, target.state_dict())
@@ -298,7 +298,7 @@ def spec_sweep(target, drafts: dict, ks: list[int], requests: list, repeats: int
                        lossy=merged.lossy)
         rows.append(row)
     return {"machine": machine(), "target": target.cfg.to_dict(), "ks": ks, "drafts": list(drafts),
-            "draft_temperatures": {d: temperature(d, 1.0) for d in drafts}, "eco_drafts": eco_drafts,
+            "draft_temperatures": {d: temperature(d) for d in drafts}, "eco_drafts": eco_drafts,
             "n_requests": len(requests), "rows": rows}
 
 

@@ -49,7 +49,7 @@ def _add_synth(sub) -> None:
     p.add_argument("--adaptive", action="store_true", help="pick k per round from observed acceptance")
     p.add_argument("--draft-temperature", type=float, default=None,
                    help="the draft samples at this multiple of --temperature (exact for any value; default: the "
-                        "bundle's for the mode, else 1)")
+                        "draft's own, stored by specdec distill, else 1)")
     # sampling defaults: the demo bundle's generation.json (its model card says why), else upstream's 15, 1, 1, 1.35
     p.add_argument("--top-k", type=int, default=None)
     p.add_argument("--top-p", type=float, default=None)
@@ -107,15 +107,13 @@ def cmd_synth(args) -> None:
         gpt = quantize_gpt(gpt)
     drafting = generation.get(args.mode, {})  # the bundle's measured draft and k for this mode
     spec = args.draft if args.draft is not None else drafting.get("draft", preset["draft"])
-    k, draft_temperature = drafting.get("k", 4), drafting.get("draft_temperature", 1.0)
+    k = drafting.get("k", 4)
     if args.draft is None and spec == "bundle" and bundle_draft is None:
-        spec, k, draft_temperature = preset["unbundled"], preset.get("unbundled_k", k), 1.0
-    if args.draft is not None:  # the bundle's temperature was measured for its own draft
-        draft_temperature = 1.0
+        spec, k = preset["unbundled"], preset.get("unbundled_k", k)
     draft = _resolve_draft(spec, bundle_draft)
     stream = preset["stream"] if args.stream is None else args.stream
     tts = TTS(gpt, decoder, frontend, draft=draft, k=args.k or k, adaptive=args.adaptive,
-              draft_temperature=args.draft_temperature or draft_temperature)
+              draft_temperature=args.draft_temperature)
     frontend.read(args.text, args.language or voice.language)  # a text it cannot read fails now, not after warm-up
     tts.warm_up(voice)  # first-audio time then measures synthesis, not dictionary loading or weight packing
     audio, stats = synthesize(args.text, tts, voice, streaming=stream, language=args.language,
@@ -123,8 +121,9 @@ def cmd_synth(args) -> None:
     write_wav(args.out, audio, decoder.sample_rate)
     report = {**stats.to_dict(), "out": args.out, "mode": args.mode,
               "draft": spec if spec == "bundle-int8" else _draft_name(draft),
-              "k": tts.k if draft is not None else 0, "draft_temperature": tts.draft_temperature if draft is not None
-              else None, "streaming": stream, "voice": voice.name,
+              "k": tts.k if draft is not None else 0,
+              "draft_temperature": tts.engine().draft_temperature if draft is not None else None,
+              "streaming": stream, "voice": voice.name,
               "sampling": {name: getattr(params, name) for name in (*SAMPLING_OPTIONS, "seed")}}
     if args.json:
         print(json.dumps(report))
@@ -209,9 +208,9 @@ def _add_bench(sub) -> None:
                    help="draft to sweep: a GPT/EAGLE file, layerskip:N, int8[:N|:FILE], ngram, bundle (the demo's "
                         "EAGLE draft), bundle-gpt (its small GPT draft) or either + '-int8' (repeatable)")
     p.add_argument("--k", default="2,4,6,8", help="comma-separated draft lengths to sweep")
-    p.add_argument("--draft-temperature", default="1",
+    p.add_argument("--draft-temperature", default=None,
                    help="comma-separated draft temperatures (multiples of the request's) to sweep for every model "
-                        "draft; rows other than 1 are named DRAFT T×t")
+                        "draft, rows named DRAFT T×t (default: each draft at its own, stored by specdec distill)")
     p.add_argument("--tokens", type=int, default=150, help="max new tokens per request")
     p.add_argument("--requests", type=int, default=2, help="requests in the fixed set")
     p.add_argument("--repeats", type=int, default=3)
@@ -275,7 +274,10 @@ def cmd_bench(args) -> None:
             # is named by its file name
             path = d.removeprefix("int8:")
             drafts[d.replace(path, os.path.basename(path))] = d
-    drafts, draft_temperatures = _at_temperatures(drafts, _float_list(args.draft_temperature, "--draft-temperature"))
+    draft_temperatures = {}
+    if args.draft_temperature is not None:
+        drafts, draft_temperatures = _at_temperatures(drafts, _float_list(args.draft_temperature,
+                                                                          "--draft-temperature"))
     upstream = not args.no_upstream and _upstream_importable()
     n_eco = (1 + len(bench.eco_draft_names(drafts)) * len(ks)) if args.eco else 0
     n_configs = 1 + len(drafts) * len(ks) + upstream + n_eco
@@ -294,7 +296,7 @@ def cmd_bench(args) -> None:
             dname, k = best["name"].rsplit(" k=", 1)
             configs = {"AR": TTS(target, bundle.decoder, bundle.frontend),
                        best["name"]: TTS(target, bundle.decoder, bundle.frontend, draft=drafts[dname], k=int(k),
-                                         draft_temperature=draft_temperatures[dname])}
+                                         draft_temperature=draft_temperatures.get(dname))}
             task = progress.add_task("end to end", total=len(configs) * (args.repeats + args.warmup))
             res["end_to_end"] = bench.end_to_end(configs, voice, bench.BENCH_TEXTS[:args.requests], args.repeats,
                                                  args.warmup, lambda m: progress.update(task, advance=1, description=m))
@@ -405,7 +407,8 @@ def cmd_distill(args) -> None:
     b, a = report["alpha_before"], report["alpha_after"]
     Console().print(f"wrote {args.out} ({args.kind}, {args.layers} layer(s)): held-out acceptance α at draft steps "
                     f"1–{len(a)} {' / '.join(f'{x:.3f}' for x in b)} → {' / '.join(f'{x:.3f}' for x in a)} "
-                    f"({report['steps']} steps, {len(examples) - n_held} train / {n_held} held-out sequences)")
+                    f"({report['steps']} steps, {len(examples) - n_held} train / {n_held} held-out sequences); "
+                    f"{distill.temperature_summary(report)}")
 
 
 def _voice(spec: str):
@@ -519,13 +522,16 @@ def _float_list(s: str, flag: str) -> list[float]:
 
 
 def _at_temperatures(drafts: dict, temperatures: list[float]) -> tuple[dict, dict[str, float]]:
-    """Every model draft once per draft temperature (rows `NAME T×t` beside t = 1's `NAME`); ngram's q is one-hot,
-    which no temperature changes, so it runs once."""
+    """Every model draft once per draft temperature (rows `NAME T×t`); ngram's q is one-hot, which no temperature
+    changes, so it runs once."""
     out, temps = {}, {}
     for name, draft in drafts.items():
-        for t in [1.0] if isinstance(draft, str) and draft.startswith("ngram") else temperatures:
-            label = name if t == 1.0 else f"{name} T×{t:g}"
-            out[label], temps[label] = draft, t
+        if isinstance(draft, str) and draft.startswith("ngram"):
+            out[name] = draft
+            continue
+        for t in temperatures:
+            out[f"{name} T×{t:g}"] = draft
+            temps[f"{name} T×{t:g}"] = t
     return out, temps
 
 

@@ -20,8 +20,7 @@ from specdec.voices import Voice
 
 DEFAULT_VOICE = "awb"  # the lowest held-out WER at upstream default sampling (MODEL_CARD.md)
 SPEED_MODES = ("fast", "eco")  # `specdec synth --mode` presets that draft
-MODE_KEYS = ("draft", "k", "draft_temperature")  # per speed mode: the draft (bundle, int8, ngram, layerskip:N, ...),
-# drafts per round and the draft's sampling temperature (a multiple of the request's)
+MODE_KEYS = ("draft", "k")  # per speed mode: the draft (bundle, int8, ngram, layerskip:N, ...) and drafts per round
 GENERATION_KEYS = (*SAMPLING_OPTIONS, *SPEED_MODES)  # sampling (upstream names), then each mode's drafting
 MAX_K = 16  # drafts per round the CLI accepts
 
@@ -81,9 +80,6 @@ def read_generation(path: str) -> dict:
         k = m.get("k", 1)
         if not (isinstance(k, int) and 1 <= k <= MAX_K):
             raise SpecdecError(f"{path}: {mode}.k must lie in 1..{MAX_K} (got {k!r})")
-        t = m.get("draft_temperature", 1.0)
-        if not (isinstance(t, (int, float)) and not isinstance(t, bool) and 0 < t < float("inf")):
-            raise SpecdecError(f"{path}: {mode}.draft_temperature must be a positive number (got {t!r})")
         if not isinstance(m.get("draft", ""), str):
             raise SpecdecError(f"{path}: {mode}.draft must be a draft name (bundle, int8, ngram, layerskip:N, ...)")
     try:

@@ -48,6 +48,7 @@ class Proposal:
 
 class Drafter:
     engine: "weakref.ref[Engine] | None" = None  # the one Engine it serves (set by the Engine)
+    temperature = 1.0  # its own sampling temperature ÷ the request's, unless the Engine is given one
 
     def bind(self, pool: PagePool, target_kv: list) -> None:
         """Called whenever the engine (re)creates its page pool."""
@@ -207,6 +208,7 @@ class GPTDrafter(_ModelDrafter):
         self.model = self.embedder = model.eval()
         self.blocks, self.head = model.layers, model.head
         self.kv: list = []
+        self.temperature = model.draft_temperature  # what its distillation measured
 
     def bind(self, pool, target_kv):
         c = self.model.cfg
@@ -297,6 +299,7 @@ class EagleDrafter(_ModelDrafter):
             raise SpecdecError(f"EAGLE draft width {model.cfg.d_model} differs from the target's {target.cfg.d_model}")
         self.model, self.target = model.eval(), target
         self.blocks, self.fc, self.head, self.embedder = model.layers, model.fc, target.head, target
+        self.temperature = model.draft_temperature  # what its distillation measured
         self.kv: list = []
         self._h: dict[int, dict[int, torch.Tensor]] = {}  # per sequence: position → target hidden state [d]
         self._next: dict[int, int] = {}  # per sequence: the position the next draft step writes

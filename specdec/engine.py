@@ -96,18 +96,19 @@ class Engine:
 
     def __init__(self, target: GPT, draft: str | GPT | Drafter | None = None, k: int = 4,
                  page_size: int = DEFAULT_PAGE_SIZE, backend: str | None = None, adaptive: bool = False,
-                 draft_threshold: float | None = None, draft_temperature: float = 1.0):
+                 draft_threshold: float | None = None, draft_temperature: float | None = None):
         """k: drafts per round (the upper bound when `adaptive`); adaptive: pick each round's k from the
         sequence's observed acceptance and the measured costs (specdec.adaptive); draft_threshold: a drafter
         stops early when the token it just drew had probability below this under its own distribution;
-        draft_temperature: the draft samples at this multiple of each request's temperature. Any value is exact
-        (verification divides by the q the draft sampled from); a draft broader than the target accepts more below
-        1 (the demo's EAGLE draft: 3.32 → 3.54 tokens per k = 4 round at 0.7)."""
-        if not 0.0 < draft_temperature < float("inf"):
+        draft_temperature: the draft samples at this multiple of each request's temperature (None: the draft's own,
+        which `specdec distill` measures and stores with it; else 1). Any value is exact (verification divides by
+        the q the draft sampled from); a draft broader than the target accepts more below 1 (the demo's EAGLE draft:
+        3.32 → 3.54 tokens per k = 4 round at 0.7)."""
+        if draft_temperature is not None and not 0.0 < draft_temperature < float("inf"):
             raise SpecdecError(f"draft_temperature must be positive and finite (got {draft_temperature})")
         self.target = target.eval()
         self.k_default = k if draft is not None else 0
-        self.adaptive, self.draft_threshold, self.draft_temperature = adaptive, draft_threshold, draft_temperature
+        self.adaptive, self.draft_threshold = adaptive, draft_threshold
         self.costs = Costs()
         self.acceptance = Acceptance()  # over every sequence's rounds: the prior of the next sequence's estimate
         self.page_size = page_size
@@ -121,6 +122,8 @@ class Engine:
                 raise SpecdecError("this Drafter already serves another Engine; give each Engine its own (pass the "
                                    "draft model or spec, e.g. 'int8', and each Engine makes one)")
             self.drafter.engine = weakref.ref(self)
+        self.draft_temperature = (draft_temperature if draft_temperature is not None
+                                  else self.drafter.temperature if self.drafter is not None else 1.0)
 
     # ---- pool ----------------------------------------------------------------------------------------------
     def _ensure_pool(self, tokens_needed: int) -> None:

@@ -51,7 +51,7 @@ class TTS:
     k: int = 4
     adaptive: bool = False
     draft_threshold: float | None = None
-    draft_temperature: float = 1.0
+    draft_temperature: float | None = None  # None: the draft's own
 
     def engine(self):
         return engine_for(self.gpt, self.draft, self.k, adaptive=self.adaptive, draft_threshold=self.draft_threshold,

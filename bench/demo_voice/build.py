@@ -131,7 +131,7 @@ def step_draft(args) -> None:
     import torch
 
     from specdec import voicebuild
-    from specdec.distill import DistillConfig, distill
+    from specdec.distill import DistillConfig, distill, temperature_summary
     from specdec.models.checkpoint import load_gpt
     torch.set_num_threads(args.threads)
     train, test = _utterances(args)
@@ -147,7 +147,8 @@ def step_draft(args) -> None:
     with open(os.path.join(args.data, f"{name}_report.json"), "w") as f:
         json.dump(report, f, indent=1)
     before, after = (" / ".join(f"{x:.3f}" for x in report[k]) for k in ("alpha_before", "alpha_after"))
-    console.print(f"draft: held-out α at draft steps 1–{len(report['alpha_after'])}: {before} → {after}")
+    console.print(f"draft: held-out α at draft steps 1–{len(report['alpha_after'])}: {before} → {after}; "
+                  f"{temperature_summary(report)}")
 
 
 def step_bundle(args) -> None:

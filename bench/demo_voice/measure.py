@@ -7,13 +7,13 @@
 Each held-out sentence is spoken by its own speaker's built-in voice (the inference layout: the voice's transcript
 + the sentence as text, the voice's tokens as prompt), at upstream's default sampling (top_k 15, top_p 1, T 1,
 repetition penalty 1.35), autoregressively and with the draft (the bundle's own by default) at each k and draft
-temperature (run names `k4`, `k4 T×0.7`), one request at a time, in alternating order, same seed. Reports mean
-acceptance length, acceptance rate, GPT tokens/s of both paths, the speedup, and the generated/true length ratio
-(alignment sanity: a model that lost the text runs long or stops early). `--gpt` puts another target trained on the
-demo's units in the bundle's target's place (a v2-shape one: build.py gpt --name gpt_v2 ...), drafted for by a
-draft file or spec. `--tv` adds eco mode's cost in distribution: the total-variation distance between the target's
-next-token distributions and its int8 copy's at every position the AR runs generated. `--eco` times eco mode
-instead: the int8 target, alone and with the draft.
+temperature (run names `k4`, or `k4 T×0.7` when temperatures are given), one request at a time, in alternating
+order, same seed. Reports mean acceptance length, acceptance rate, GPT tokens/s of both paths, the speedup, and the
+generated/true length ratio (alignment sanity: a model that lost the text runs long or stops early). `--gpt` puts
+another target trained on the demo's units in the bundle's target's place (a v2-shape one: build.py gpt --name
+gpt_v2 ...), drafted for by a draft file or spec. `--tv` adds eco mode's cost in distribution: the total-variation
+distance between the target's next-token distributions and its int8 copy's at every position the AR runs generated.
+`--eco` times eco mode instead: the int8 target, alone and with the draft.
 """
 from __future__ import annotations
 
@@ -36,8 +36,9 @@ def main(argv=None) -> int:
     ap.add_argument("--data", default="/work/data/demo", help="corpus folder (manifest + tokens)")
     ap.add_argument("--k", default="4", help="comma-separated draft lengths")
     ap.add_argument("--draft", default="bundle", help="bundle (its EAGLE draft), or a draft spec: int8, ngram, ...")
-    ap.add_argument("--draft-temperature", default="1",
-                    help="comma-separated draft temperatures (multiples of the request's), each at every k")
+    ap.add_argument("--draft-temperature", default=None,
+                    help="comma-separated draft temperatures (multiples of the request's), each at every k "
+                         "(default: the draft's own)")
     ap.add_argument("--gpt", default=None, help="a target GPT file on the demo's units instead of the bundle's")
     ap.add_argument("--n", type=int, default=60, help="held-out sentences to use")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (the CLI uses one per core)")
@@ -53,8 +54,8 @@ def main(argv=None) -> int:
     from specdec.api import generate
     from specdec.stats import SpecStats
     ks = [int(k) for k in args.k.split(",")]
-    temps = [float(t) for t in args.draft_temperature.split(",")]
-    configs = {f"k{k}" + ("" if t == 1.0 else f" T×{t:g}"): (k, t) for t in temps for k in ks}
+    temps = [None] if args.draft_temperature is None else [float(t) for t in args.draft_temperature.split(",")]
+    configs = {f"k{k}" + ("" if t is None else f" T×{t:g}"): (k, t) for t in temps for k in ks}
     bundle = demo.load(args.bundle)
     clips = [c for c in corpus.read_manifest(os.path.join(args.data, "manifest.jsonl")) if c.split == "test"]
     clips = [c for c in clips if c.speaker in bundle.voices][:args.n]
@@ -82,7 +83,7 @@ def main(argv=None) -> int:
             phones = torch.cat([v.phones, bundle.frontend.phones(c.text, "en")[0]])
             order = runs if i % 2 == 0 else runs[::-1]  # alternate, so load drifts hit both paths alike
             for r in order:
-                draft, (k, temp) = (None, (1, 1.0)) if r == "ar" else (drafter, configs[r])
+                draft, (k, temp) = (None, (1, None)) if r == "ar" else (drafter, configs[r])
                 t = time.perf_counter()
                 out = generate(target, phones, v.tokens, draft=draft, k=k, seed=1000 + i, draft_temperature=temp)
                 secs[r] += time.perf_counter() - t
