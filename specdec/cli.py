@@ -337,7 +337,7 @@ def _add_distill(sub) -> None:
     p.add_argument("--layers", type=int, default=1)
     p.add_argument("--width", type=int, default=None, help="gpt drafts: width (default: the target's)")
     p.add_argument("--steps", type=int, default=1000)
-    p.add_argument("--passes", type=int, default=2,
+    p.add_argument("--passes", type=int, default=4,
                    help="eagle drafts: draft steps unrolled in training, each fed the previous step's features")
     p.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="training steps' matmuls; bf16 (a CPU autocast) is ~3x faster where the CPU has AMX or "

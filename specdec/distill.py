@@ -59,7 +59,10 @@ class DistillConfig:
     lr: float = 1e-3
     warmup: int = 100
     weight_decay: float = 0.01
-    passes: int = 2  # eagle only: draft steps unrolled in training (1 = teacher-forced features only)
+    # eagle only: draft steps unrolled in training (1 = teacher-forced features only). Demo pair, 1200 steps each,
+    # 30 held-out sentences at k = 4: 4 passes keep 3.20 / 3.53 tokens per round (draft temperature 1 / 0.7) against
+    # 2 passes' 3.10 / 3.33 for 1.4× the step time, and match 2 passes at 3300 steps (3.32 / 3.54)
+    passes: int = 4
     seed: int = 0
     checkpoint_every: int = 100
     precision: str = "fp32"  # training steps (teacher and draft): "fp32" or "bf16" (CPU autocast); α stays fp32

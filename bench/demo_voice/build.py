@@ -210,7 +210,7 @@ def main(argv=None) -> int:
     ap.add_argument("--name", default="gpt", help="the target GPT's file and checkpoint name under --data")
     ap.add_argument("--draft-kind", choices=["eagle", "gpt"], default="eagle")
     ap.add_argument("--draft-layers", type=int, default=1)
-    ap.add_argument("--draft-passes", type=int, default=2, help="EAGLE draft steps unrolled in training")
+    ap.add_argument("--draft-passes", type=int, default=4, help="EAGLE draft steps unrolled in training")
     ap.add_argument("--draft-steps", type=int, default=500)
     ap.add_argument("--decoder", default="/work/data/demo/decoder.safetensors", help="trained fast decoder")
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "..", "..", "models", "demo"),
