@@ -60,8 +60,9 @@ class DistillConfig:
     warmup: int = 100
     weight_decay: float = 0.01
     # eagle only: draft steps unrolled in training (1 = teacher-forced features only). Demo pair, 1200 steps each,
-    # 30 held-out sentences at k = 4: 4 passes keep 3.20 / 3.53 tokens per round (draft temperature 1 / 0.7) against
-    # 2 passes' 3.10 / 3.33 for 1.4× the step time, and match 2 passes at 3300 steps (3.32 / 3.54)
+    # 60 held-out sentences at k = 4, draft temperature 1 / 0.7 / 0.5: 4 passes 3.22 / 3.43 / 3.39 tokens per round,
+    # 2 passes 3.15 / 3.35 / 3.39 (bench/results/demo_voice_draft_passes.json). A pass costs one draft layer beside
+    # the teacher's whole forward: +43 % step time over the 6-layer demo target, far less over a 24-layer one.
     passes: int = 4
     seed: int = 0
     checkpoint_every: int = 100
