@@ -37,7 +37,10 @@ class Utterance:
 @dataclass
 class GPTTrainConfig:
     steps: int = 2000
-    budget_s: float | None = None  # if set, the schedule runs on training seconds instead of steps (shared CPUs)
+    # if set, the schedule runs on training seconds instead of steps (shared CPUs): each step's CPU time ÷ torch
+    # threads, so time the job spends paused or crowded out does not count (wall time did: a run paused for 40
+    # minutes mid-step lost 40 minutes of its schedule, 2026-11-27)
+    budget_s: float | None = None
     batch_tokens: int = 6000  # padded positions per batch
     lr: float = 1e-3
     min_lr_ratio: float = 0.1
@@ -199,7 +202,7 @@ def train_gpt(model_cfg: GPTConfig, train: list[Utterance], held_out: list[Examp
         next(stream)
     model.train()
     while progress_of(cfg, st) < 1.0:
-        t0 = time.perf_counter()
+        t0 = time.process_time()
         for g in opt.param_groups:
             g["lr"] = lr_at(cfg, st.step, progress_of(cfg, st))
         exs = next(stream)
@@ -211,7 +214,7 @@ def train_gpt(model_cfg: GPTConfig, train: list[Utterance], held_out: list[Examp
         opt.step()
         loss = float(loss.detach()) / n  # per token, for the logs
         st.step += 1
-        st.seconds += time.perf_counter() - t0
+        st.seconds += (time.process_time() - t0) / torch.get_num_threads()
         done = progress_of(cfg, st) >= 1.0
         if progress:
             progress(progress_of(cfg, st), loss)

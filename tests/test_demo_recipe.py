@@ -144,6 +144,22 @@ def test_tiny_recipe_end_to_end(tmp_path):
     assert torch.equal(got.tokens, ref.tokens)
 
 
+def test_a_time_budget_counts_the_steps_compute_not_pauses(tmp_path, monkeypatch):
+    """A job paused or crowded out on a shared machine keeps its schedule: a budget counts each step's CPU time ÷
+    threads, so steps that sleep 0.1 s each still get ~the budget's worth of compute (wall time gave 5 steps)."""
+    import time
+
+    import specdec.gpt_train as gt
+    from specdec.gpt_train import Utterance
+    real = gt.batch_loss
+    monkeypatch.setattr(gt, "batch_loss", lambda *a: time.sleep(0.1) or real(*a))
+    utts = [Utterance(f"u{i}", "a", torch.arange(5), torch.arange(8) % 16) for i in range(8)]
+    cfg = GPTConfig(n_layer=1, d_model=32, n_head=2, vocab_size=17, phoneme_vocab_size=732)
+    _, st = train_gpt(cfg, utts, held_out_pairs(utts[6:], utts[:6]), str(tmp_path), GPTTrainConfig(
+        steps=10**9, budget_s=0.5, warmup=1, batch_tokens=200, eval_every=10**6, checkpoint_every=10**6))
+    assert st.step >= 10 and 0.5 <= st.seconds < 0.5 + 0.25, (st.step, st.seconds)
+
+
 def test_gpt_training_learns_in_either_precision_and_resumes(tmp_path):
     """Tokens count up mod 16 from a random start (learnable from the previous token). bf16 autocasts the steps
     (its losses differ from fp32's) and nothing else: the weights stay fp32, a resumed run continues the schedule."""

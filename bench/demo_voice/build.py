@@ -200,7 +200,8 @@ def main(argv=None) -> int:
     ap.add_argument("--tokenizer-steps", type=int, default=1500)
     ap.add_argument("--layers", type=int, default=6)
     ap.add_argument("--width", type=int, default=256)
-    ap.add_argument("--minutes", type=float, default=52, help="GPT training budget (CPU seconds of its own steps)")
+    ap.add_argument("--minutes", type=float, default=52,
+                    help="GPT training budget: minutes of its steps' CPU time ÷ threads (pauses do not count)")
     ap.add_argument("--batch-tokens", type=int, default=4000)
     ap.add_argument("--heads", type=int, default=None, help="GPT attention heads (default: width / 64)")
     ap.add_argument("--lr", type=float, default=1e-3, help="GPT peak learning rate")
