@@ -93,7 +93,8 @@ def gpt_config(args):
 
 def step_gpt(args) -> None:
     """Train the target GPT (resumable from --data/ckpt, or ckpt/NAME with --name NAME); writes --data/NAME.safetensors
-    (fp32) and NAME_history.json (NAME: gpt by default)."""
+    (fp32, the draft's teacher), NAME_fp16.safetensors (fp16 weights as every upstream checkpoint: the copy to run and
+    bench, which the exact CPU kernels take) and NAME_history.json (NAME: gpt by default)."""
     import json
 
     import torch
@@ -116,6 +117,7 @@ def step_gpt(args) -> None:
                           f"held-out {row['loss']:.3f} nats, top-1 {row['acc']:.3f}")
         model, st = train_gpt(gpt_config(args), train, held_out_pairs(test, train), work, cfg, progress, log)
     save_gpt(model, os.path.join(args.data, f"{args.name}.safetensors"))
+    save_gpt(model, os.path.join(args.data, f"{args.name}_fp16.safetensors"), dtype=torch.float16)
     with open(os.path.join(args.data, f"{args.name}_history.json"), "w") as f:
         json.dump(st.history, f, indent=1)
 
@@ -124,8 +126,8 @@ def step_draft(args) -> None:
     """Distil a draft on same-speaker pairs (the inference layout) against the target's warped p at upstream's
     default sampling: the EAGLE draft (--draft-kind eagle; resumable from --data/ckpt/draft, writes
     --data/draft.safetensors) or a small GPT of the target's width started from its first layers (--draft-kind gpt;
-    ckpt/draft_gpt, draft_gpt.safetensors); for the target --data/NAME.safetensors other than gpt, the draft's files
-    are prefixed NAME_. --precision as for the GPT."""
+    ckpt/draft_gpt, draft_gpt.safetensors), each also as *_fp16.safetensors to run beside the fp16 target; for the
+    target --data/NAME.safetensors other than gpt, the draft's files are prefixed NAME_. --precision as for the GPT."""
     import json
 
     import torch
@@ -144,6 +146,7 @@ def step_draft(args) -> None:
         report = distill(target, *voicebuild.pair_examples(train, test), os.path.join(args.data, f"{name}.safetensors"),
                          os.path.join(args.data, "ckpt", name), cfg,
                          progress=lambda i, n, kl: p.update(task, completed=i, description=f"{name} KL {kl:.3f}"))
+    _fp16_copy(os.path.join(args.data, f"{name}.safetensors"), target)
     with open(os.path.join(args.data, f"{name}_report.json"), "w") as f:
         json.dump(report, f, indent=1)
     before, after = (" / ".join(f"{x:.3f}" for x in report[k]) for k in ("alpha_before", "alpha_after"))
@@ -151,26 +154,32 @@ def step_draft(args) -> None:
                   f"{temperature_summary(report)}")
 
 
+def _fp16_copy(path: str, target) -> None:
+    """PATH_fp16.safetensors beside a draft file (EAGLE or GPT), its recorded draft temperature kept."""
+    import torch
+
+    from specdec.models.checkpoint import load_gpt, save_gpt
+    from specdec.models.eagle import is_eagle_file, load_eagle, save_eagle
+    out = path.removesuffix(".safetensors") + "_fp16.safetensors"
+    if is_eagle_file(path):
+        save_eagle(load_eagle(path, target.cfg), out, target.cfg, torch.float16)
+    else:
+        save_gpt(load_gpt(path), out, dtype=torch.float16)
+
+
 def step_bundle(args) -> None:
     """Assemble the shipped bundle: fp16 GPT and draft, tokenizer, the decoder (--decoder), one built-in voice per
     speaker (a 3-6 s training clip as reference)."""
     import shutil
 
-    import torch
-
     from specdec import voicebuild
-    from specdec.models.checkpoint import load_gpt, save_gpt
-    from specdec.models.eagle import load_eagle, save_eagle
     from specdec.models.text import Frontend
     out = args.out
     os.makedirs(out, exist_ok=True)
-    gpt = load_gpt(os.path.join(args.data, "gpt.safetensors"))
-    save_gpt(gpt, os.path.join(out, "gpt.safetensors"), dtype=torch.float16)
-    draft = load_eagle(os.path.join(args.data, "draft.safetensors"), gpt.cfg)
-    save_eagle(draft, os.path.join(out, "draft.safetensors"), gpt.cfg, torch.float16)
-    if os.path.isfile(os.path.join(args.data, "draft_gpt.safetensors")):
-        save_gpt(load_gpt(os.path.join(args.data, "draft_gpt.safetensors")), os.path.join(out, "draft_gpt.safetensors"),
-                 dtype=torch.float16)
+    for name in ("gpt", "draft", "draft_gpt"):  # the fp16 copies the gpt and draft steps wrote
+        src = os.path.join(args.data, f"{name}_fp16.safetensors")
+        if name != "draft_gpt" or os.path.isfile(src):
+            shutil.copyfile(src, os.path.join(out, f"{name}.safetensors"))
     shutil.copyfile(os.path.join(args.data, "tokenizer.safetensors"), os.path.join(out, "tokenizer.safetensors"))
     shutil.copyfile(args.decoder, os.path.join(out, "decoder.safetensors"))
     clips, tokens, frontend = _clips(args), voicebuild.load_tokens(args.data), Frontend("v2")
