@@ -102,8 +102,8 @@ class Engine:
         stops early when the token it just drew had probability below this under its own distribution;
         draft_temperature: the draft samples at this multiple of each request's temperature (None: the draft's own,
         which `specdec distill` measures and stores with it; else 1). Any value is exact (verification divides by
-        the q the draft sampled from); a draft broader than the target accepts more below 1 (the demo's EAGLE draft:
-        3.32 → 3.54 tokens per k = 4 round at 0.7)."""
+        the q the draft sampled from); a draft broader than the target accepts more below 1 (the demo's EAGLE draft
+        over 60 held-out sentences: 3.12 → 3.48 tokens per k = 4 round at 0.5)."""
         if draft_temperature is not None and not 0.0 < draft_temperature < float("inf"):
             raise SpecdecError(f"draft_temperature must be positive and finite (got {draft_temperature})")
         self.target = target.eval()
