@@ -35,13 +35,15 @@ def gpt_from_upstream(model: torch.nn.Module) -> GPT:
     return gpt.eval()
 
 
-def install(model: torch.nn.Module, draft=None, k: int = 4) -> torch.nn.Module:
-    """Patch an upstream Text2SemanticDecoder (or a lightning module holding one as `.model`) in place."""
+def install(model: torch.nn.Module, draft=None, k: int = 4, draft_temperature: float | None = None
+            ) -> torch.nn.Module:
+    """Patch an upstream Text2SemanticDecoder (or a lightning module holding one as `.model`) in place;
+    draft_temperature as for `specdec.generate` (None: the draft's own)."""
     t2s = getattr(model, "model", model)
     if not all(hasattr(t2s, a) for a in ("infer_panel_naive", "ar_predict_layer", "num_layers")):
         raise SpecdecError(f"install() needs an upstream Text2SemanticDecoder, got {type(model).__name__}")
     gpt = gpt_from_upstream(t2s)
-    engine = engine_for(gpt, draft, k)
+    engine = engine_for(gpt, draft, k, draft_temperature=draft_temperature)
     original_naive = t2s.infer_panel_naive
 
     def params(top_k, top_p, early_stop_num, temperature, repetition_penalty) -> SamplingParams:

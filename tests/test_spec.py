@@ -230,8 +230,9 @@ def test_the_distribution_test_detects_a_missing_penalty(dist_setup):
 
 
 # ---- install(): an upstream model patched in place ---------------------------------------------------------
-@pytest.mark.parametrize("draft", [None, "layerskip:1", "ngram"])
-def test_install_keeps_upstream_tokens_and_contract(draft):
+@pytest.mark.parametrize("draft,draft_temperature", [(None, None), ("layerskip:1", None), ("ngram", None),
+                                                     ("layerskip:1", 0.5)])
+def test_install_keeps_upstream_tokens_and_contract(draft, draft_temperature):
     up, _ = make_upstream_gpt(3, 64, 4, PV, seed=4, eos_bias=1.2)
     g = torch.Generator().manual_seed(1)
     phones, prompt = torch.randint(0, PV, (20,), generator=g), torch.randint(0, 1024, (12,), generator=g)
@@ -242,7 +243,7 @@ def test_install_keeps_upstream_tokens_and_contract(draft):
         refs.append(up.infer_panel(phones[None], torch.tensor([20]), prompt[None], torch.zeros(1, 1024, 20),
                                    top_k=top_k, early_stop_num=esn))
     free_ref = upstream_generate(up, phones, None, top_k=1, early_stop_num=30)[0]
-    specdec.install(up, draft=draft, k=3)
+    specdec.install(up, draft=draft, k=3, draft_temperature=draft_temperature)
     for (top_k, seed, esn), (y_ref, idx_ref) in zip(cases, refs):
         torch.manual_seed(seed)
         y, idx = up.infer_panel(phones[None], torch.tensor([20]), prompt[None], torch.zeros(1, 1024, 20),
