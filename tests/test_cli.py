@@ -69,6 +69,16 @@ def test_bench_writes_json_markdown_and_plots(ckpt, tmp_path):
     assert "note" not in err  # upstream checkpoints hold fp16 weights: the fast exact kernels take them
 
 
+def test_bench_sweeps_draft_temperatures_for_model_drafts_only(ckpt, tmp_path):
+    rc, out, err = run("bench", "--gpt", str(ckpt), "--draft", "layerskip:1", "--draft", "ngram", "--k", "2",
+                       "--draft-temperature", "1,0.5", "--tokens", "12", "--requests", "1", "--repeats", "1",
+                       "--no-upstream", "-o", str(tmp_path))
+    assert rc == 0, err
+    res = json.loads((tmp_path / "bench_tiny.json").read_text())
+    assert [r["name"] for r in res["rows"]] == ["AR", "layerskip:1 T×1 k=2", "layerskip:1 T×0.5 k=2", "ngram k=2"]
+    assert res["draft_temperatures"] == {"layerskip:1 T×1": 1.0, "layerskip:1 T×0.5": 0.5, "ngram": None}
+
+
 def test_a_gpt_the_fast_kernels_cannot_take_gets_a_note(tmp_path):
     """fp32 weights that are not fp16 values (a model trained here, saved in fp32) run at torch's fp32 speed: say
     so and how to convert, rather than be silently slow."""
