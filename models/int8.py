@@ -108,6 +108,11 @@ def quantize_eagle(draft):
     return _with_int8_blocks(draft, draft.layers)
 
 
+def quantize_draft(draft):
+    """The int8 copy of a draft model: `quantize_gpt` for a GPT draft, `quantize_eagle` for an EAGLE one."""
+    return quantize_gpt(draft) if isinstance(draft, GPT) else quantize_eagle(draft)
+
+
 def _with_int8_blocks(model: nn.Module, blocks) -> nn.Module:
     """A shallow copy of `model` (its own module dicts, everything else shared) whose `layers` are int8 copies of
     `blocks`."""

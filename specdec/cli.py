@@ -65,19 +65,13 @@ def _add_synth(sub) -> None:
     p.set_defaults(func=cmd_synth)
 
 
-def _int8_copy(draft):
-    """An int8 copy of a draft model (GPT or EAGLE): as a draft it costs no exactness."""
-    from specdec.models.gpt import GPT
-    from specdec.models.int8 import quantize_eagle, quantize_gpt
-    return quantize_gpt(draft) if isinstance(draft, GPT) else quantize_eagle(draft)
-
-
 def _resolve_draft(spec, bundle_draft):
     if spec in ("bundle", "bundle-int8"):
         if bundle_draft is None:
             raise SpecdecError(f"--draft {spec}: this model set has no bundled draft (give a file, int8, "
                                "layerskip:N or ngram)")
-        return bundle_draft if spec == "bundle" else _int8_copy(bundle_draft)
+        from specdec.models.int8 import quantize_draft
+        return bundle_draft if spec == "bundle" else quantize_draft(bundle_draft)
     if spec == "none":
         return None
     return spec  # a path, layerskip:N, int8[:N|:FILE] or ngram (the engine resolves and validates it)
@@ -176,8 +170,7 @@ def _print_synth_table(r: dict) -> None:
     t = Table(title=f"specdec synth → {r['out']}", show_header=False)
     acc = " ".join(f"{a:.2f}" for a in r["acceptance_per_position"]) or "–"
     rows = [("voice / mode", f"{r['voice']} / {r['mode']}" + (" (LOSSY: int8 GPT)" if r["lossy"] else "")),
-            ("draft", f"{r['draft']}" + (f" (k={r['k']}" + (f", T×{r['draft_temperature']:g}" if r["draft_temperature"]
-                                                           not in (None, 1.0) else "") + ")" if r["k"] else "")),
+            ("draft", _draft_cell(r)),
             ("sampling", "top_k {top_k} · top_p {top_p:g} · T {temperature:g} · repetition penalty "
                          "{repetition_penalty:g} · seed {seed}".format(**r["sampling"])),
             ("tokens generated", f"{r['tokens']}"),
@@ -193,6 +186,14 @@ def _print_synth_table(r: dict) -> None:
     for k, v in rows:
         t.add_row(k, v)
     Console().print(t)
+
+
+def _draft_cell(r: dict) -> str:
+    """`int8 (k=12)`, `demo draft (k=4, T×0.5)`, or the bare name when nothing drafted."""
+    if not r["k"]:
+        return r["draft"]
+    cooled = r["draft_temperature"] not in (None, 1.0)
+    return f"{r['draft']} (k={r['k']}" + (f", T×{r['draft_temperature']:g}" if cooled else "") + ")"
 
 
 def _add_bench(sub) -> None:
@@ -229,6 +230,7 @@ def cmd_bench(args) -> None:
 
     from specdec import bench
     from specdec.engine import Request
+    from specdec.models.int8 import quantize_draft
     from specdec.sampling import SamplingParams
     ks = _int_list(args.k, "--k")
     if (args.shape is not None) + (args.gpt is not None) + args.demo > 1:
@@ -268,7 +270,7 @@ def cmd_bench(args) -> None:
                 bundle.gpt_draft if d.startswith("bundle-gpt") else bundle.draft)
             if draft is None:
                 raise SpecdecError(f"--draft {d} needs the demo bundle's own target (--demo) and its draft")
-            drafts[BUNDLE_DRAFTS[d]] = _int8_copy(draft) if d.endswith("-int8") else draft
+            drafts[BUNDLE_DRAFTS[d]] = quantize_draft(draft) if d.endswith("-int8") else draft
         else:
             # layerskip:N, int8[:N|:FILE], ngram[:N] or a file: the engine resolves and validates it; a file's row
             # is named by its file name

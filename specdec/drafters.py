@@ -416,13 +416,12 @@ def make_drafter(draft, target: GPT) -> Drafter | None:
                     raise SpecdecError(f"layerskip:{n} needs 1 <= N < {target.cfg.n_layer} (the target's layers)")
                 return SharedPagesDrafter(target, n, handoff=True)
             if kind == "int8":
-                from specdec.models.int8 import quantize_eagle, quantize_gpt
+                from specdec.models.int8 import quantize_draft, quantize_gpt
                 if not int8_copy_of_target(draft):  # a draft file's int8 copy
                     d = make_drafter(arg, target)
                     if not isinstance(d, (GPTDrafter, EagleDrafter)):
                         raise SpecdecError(f"int8:{arg}: expected a GPT or EAGLE draft file")
-                    quantize = quantize_eagle if isinstance(d, EagleDrafter) else quantize_gpt
-                    return make_drafter(quantize(d.model), target)
+                    return make_drafter(quantize_draft(d.model), target)
                 q = quantize_gpt(target, int(arg) if arg else None)
                 return SharedPagesDrafter(q, q.cfg.n_layer, handoff=False)
             if kind == "ngram":
