@@ -231,6 +231,14 @@ def eco_draft_names(drafts: dict) -> list[str]:
     return [name for name, d in drafts.items() if not (isinstance(d, str) and int8_copy_of_target(d))]
 
 
+def latency(stats: list[SpecStats]) -> dict:
+    """Medians over requests of vLLM's time to first token and time per output token after it (TPOT). Speculation
+    shortens only the second: the prefill (TTFT) is the same pass with or without a draft."""
+    tpot = [(s.wall_s - s.ttft_s) / (s.num_emitted_tokens - 1) for s in stats if s.num_emitted_tokens > 1]
+    return {"ttft_ms_median": 1e3 * statistics.median(s.ttft_s for s in stats),
+            "tpot_ms_median": 1e3 * statistics.median(tpot) if tpot else float("nan")}
+
+
 def spec_sweep(target, drafts: dict, ks: list[int], requests: list, repeats: int = 3, warmup: int = 1,
                upstream: bool = False, eco: bool = False, progress=None,
                draft_temperatures: dict[str, float] | None = None) -> dict:
@@ -285,6 +293,7 @@ def spec_sweep(target, drafts: dict, ks: list[int], requests: list, repeats: int
         contenders["upstream infer_panel_naive"] = run_upstream
     timings = run_interleaved(contenders, repeats, warmup, progress)
     ar = timings["AR"].summary()["tokens_per_s_median"]
+    timed = len(requests) * warmup  # the warm-up calls' stats come first
     rows = []
     for name, t in timings.items():
         row = t.summary()
@@ -295,8 +304,12 @@ def spec_sweep(target, drafts: dict, ks: list[int], requests: list, repeats: int
                        draft_acceptance_rate=merged.draft_acceptance_rate,
                        acceptance_per_position=merged.acceptance_per_position,
                        target_passes=merged.target_passes, draft_s=merged.draft_s, verify_s=merged.verify_s,
-                       lossy=merged.lossy)
+                       lossy=merged.lossy, **latency(stats[name][timed:]))
         rows.append(row)
+    ar_tpot = rows[0]["tpot_ms_median"]
+    for row in rows:
+        if "tpot_ms_median" in row:
+            row["tpot_speedup_vs_AR"] = ar_tpot / row["tpot_ms_median"]
     return {"machine": machine(), "target": target.cfg.to_dict(), "ks": ks, "drafts": list(drafts),
             "draft_temperatures": {d: temperature(d) for d in drafts}, "eco_drafts": eco_drafts,
             "n_requests": len(requests), "rows": rows}
@@ -357,14 +370,18 @@ def markdown_table(res: dict) -> str:
     m = res["machine"]
     lines = [f"GPT-only, {m['cpu']} ({m['cores']} cores), torch {m['torch']}, {m['date']}, "
              f"load average {m.get('load_avg_1min', float('nan')):.1f}", "",
-             "| config | tok/s (median) | IQR | × AR | mean acceptance length | acceptance per position |",
-             "|---|---|---|---|---|---|"]
+             "| config | tok/s (median) | IQR | × AR | TTFT ms | TPOT ms (× AR) | mean acceptance length | "
+             "acceptance per position |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in res["rows"]:
         acc = " ".join(f"{a:.2f}" for a in r.get("acceptance_per_position", []))
         mal = f"{r['mean_acceptance_length']:.2f}" if "mean_acceptance_length" in r and acc else "–"
         name = r["name"] + (" **LOSSY**" if r.get("lossy") else "")
+        ttft = f"{r['ttft_ms_median']:.0f}" if "ttft_ms_median" in r else "–"
+        tpot = f"{r['tpot_ms_median']:.2f} ({r['tpot_speedup_vs_AR']:.2f})" if "tpot_speedup_vs_AR" in r else "–"
         lines.append(f"| {name} | {r['tokens_per_s_median']:.1f} | {r['tokens_per_s_q1']:.1f}–"
-                     f"{r['tokens_per_s_q3']:.1f} | {r['speedup_vs_AR']:.2f} | {mal} | {acc or '–'} |")
+                     f"{r['tokens_per_s_q3']:.1f} | {r['speedup_vs_AR']:.2f} | {ttft} | {tpot} | {mal} | "
+                     f"{acc or '–'} |")
     return "\n".join(lines) + "\n"
 
 
@@ -375,18 +392,21 @@ def plots(res: dict, outdir: str) -> list[str]:
     import matplotlib.pyplot as plt
     rows = {r["name"]: r for r in res["rows"]}
     paths = []
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for d in res["drafts"] + [f"eco {d}" for d in res.get("eco_drafts", [])]:
-        ks = [k for k in res["ks"] if f"{d} k={k}" in rows]
-        ax.plot(ks, [rows[f"{d} k={k}"]["speedup_vs_AR"] for k in ks], marker="o", label=d,
-                ls="--" if d.startswith("eco ") else "-")
-    if "upstream infer_panel_naive" in rows:
-        ax.axhline(rows["upstream infer_panel_naive"]["speedup_vs_AR"], color="grey", ls="--", label="upstream")
-    if ECO in rows:
-        ax.axhline(rows[ECO]["speedup_vs_AR"], color="tab:red", ls=":", label="eco (int8 target, lossy)")
-    ax.axhline(1.0, color="black", lw=0.8)
-    ax.set(xlabel="draft tokens per round (k)", ylabel="GPT tokens/s ÷ specdec AR", title="Speedup vs k")
-    ax.legend()
+    tpot = "tpot_speedup_vs_AR" in rows["AR"]  # results written before TPOT was measured have only tokens/s
+    fig, axes = plt.subplots(1, 2 if tpot else 1, figsize=(11 if tpot else 6, 4), squeeze=False)
+    for ax, key, what in [(axes[0][0], "speedup_vs_AR", "GPT tokens/s ÷ specdec AR (prefill included)"),
+                          (axes[0][-1], "tpot_speedup_vs_AR", "AR's time per output token ÷ config's")][:1 + tpot]:
+        for d in res["drafts"] + [f"eco {d}" for d in res.get("eco_drafts", [])]:
+            ks = [k for k in res["ks"] if f"{d} k={k}" in rows]
+            ax.plot(ks, [rows[f"{d} k={k}"][key] for k in ks], marker="o", label=d,
+                    ls="--" if d.startswith("eco ") else "-")
+        if key in rows.get("upstream infer_panel_naive", {}):
+            ax.axhline(rows["upstream infer_panel_naive"][key], color="grey", ls="--", label="upstream")
+        if ECO in rows:
+            ax.axhline(rows[ECO][key], color="tab:red", ls=":", label="eco (int8 target, lossy)")
+        ax.axhline(1.0, color="black", lw=0.8)
+        ax.set(xlabel="draft tokens per round (k)", ylabel=what, title="Speedup vs k")
+        ax.legend(fontsize="small")
     paths.append(os.path.join(outdir, "speedup_vs_k.png"))
     fig.tight_layout()
     fig.savefig(paths[-1], dpi=120)

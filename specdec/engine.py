@@ -162,6 +162,9 @@ class Engine:
         try:
             live = seqs
             self._prefill(seqs)
+            ttft = time.perf_counter() - t0
+            for s in seqs:
+                s.stats.ttft_s = ttft
             while True:
                 for i, s in enumerate(seqs):
                     if s in live and len(s.generated) > s.reported:

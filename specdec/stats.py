@@ -13,6 +13,7 @@ class SpecStats:
     num_emitted_tokens: int = 0  # tokens generated (EOS excluded)
     target_passes: int = 0  # target forward passes, prefill included
     prefill_s: float = 0.0
+    ttft_s: float = 0.0  # call → first token (vLLM's time to first token): pool, prefill and its sampling
     draft_s: float = 0.0
     verify_s: float = 0.0
     wall_s: float = 0.0

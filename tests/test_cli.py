@@ -64,6 +64,8 @@ def test_bench_writes_json_markdown_and_plots(ckpt, tmp_path):
     assert rc == 0, err
     res = json.loads((tmp_path / "bench_tiny.json").read_text())
     assert [r["name"] for r in res["rows"]] == ["AR", "layerskip:1 k=2", "layerskip:1 k=3"]
+    assert res["rows"][0]["tpot_speedup_vs_AR"] == 1.0
+    assert all(0 < r["ttft_ms_median"] and 0 < r["tpot_ms_median"] for r in res["rows"])
     assert "| AR |" in (tmp_path / "bench_tiny.md").read_text()
     assert sorted(os.listdir(tmp_path / "bench_tiny")) == ["acceptance_per_position.png", "speedup_vs_k.png"]
     assert "note" not in err  # upstream checkpoints hold fp16 weights: the fast exact kernels take them

@@ -77,6 +77,24 @@ def test_self_draft_accepts_almost_everything(target):
     assert len(st.acceptance_per_position) == 4
 
 
+def test_time_to_first_token_covers_the_prefill_and_precedes_the_end(target):
+    out = Engine(target, "layerskip:1", k=2).generate(requests(1, params=SamplingParams(max_new_tokens=20, seed=0)))[0]
+    st = out.stats
+    assert 0 < st.prefill_s <= st.ttft_s < st.wall_s
+    # the decode rounds happen after the first token: their pass times fit in what is left
+    assert st.draft_s + st.verify_s <= st.wall_s - st.ttft_s
+
+
+def test_latency_medians_per_request():
+    from specdec.bench import latency
+    from specdec.stats import SpecStats
+    stats = [SpecStats(num_emitted_tokens=9, ttft_s=0.2, wall_s=1.0), SpecStats(num_emitted_tokens=5, ttft_s=0.5,
+             wall_s=2.5), SpecStats(num_emitted_tokens=1, ttft_s=0.3, wall_s=0.3)]  # one token: no TPOT
+    got = latency(stats)
+    assert got["ttft_ms_median"] == pytest.approx(300.0)
+    assert got["tpot_ms_median"] == pytest.approx(1e3 * (0.1 + 0.5) / 2)  # 0.8 s / 8 and 2.0 s / 4
+
+
 def test_an_impossible_draft_temperature_is_refused(target):
     for t in (0.0, -1.0, float("inf"), float("nan")):
         with pytest.raises(SpecdecError, match="draft_temperature"):
