@@ -394,8 +394,10 @@ def plots(res: dict, outdir: str) -> list[str]:
     paths = []
     tpot = "tpot_speedup_vs_AR" in rows["AR"]  # results written before TPOT was measured have only tokens/s
     fig, axes = plt.subplots(1, 2 if tpot else 1, figsize=(11 if tpot else 6, 4), squeeze=False)
-    for ax, key, what in [(axes[0][0], "speedup_vs_AR", "GPT tokens/s ÷ specdec AR (prefill included)"),
-                          (axes[0][-1], "tpot_speedup_vs_AR", "AR's time per output token ÷ config's")][:1 + tpot]:
+    for ax, key, what, title in [
+            (axes[0][0], "speedup_vs_AR", "GPT tokens/s ÷ specdec AR (prefill included)", "Speedup vs k: tokens/s"),
+            (axes[0][-1], "tpot_speedup_vs_AR", "AR's time per output token ÷ config's",
+             "Speedup vs k: time per output token")][:1 + tpot]:
         for d in res["drafts"] + [f"eco {d}" for d in res.get("eco_drafts", [])]:
             ks = [k for k in res["ks"] if f"{d} k={k}" in rows]
             ax.plot(ks, [rows[f"{d} k={k}"][key] for k in ks], marker="o", label=d,
@@ -405,7 +407,7 @@ def plots(res: dict, outdir: str) -> list[str]:
         if ECO in rows:
             ax.axhline(rows[ECO][key], color="tab:red", ls=":", label="eco (int8 target, lossy)")
         ax.axhline(1.0, color="black", lw=0.8)
-        ax.set(xlabel="draft tokens per round (k)", ylabel=what, title="Speedup vs k")
+        ax.set(xlabel="draft tokens per round (k)", ylabel=what, title=title)
         ax.legend(fontsize="small")
     paths.append(os.path.join(outdir, "speedup_vs_k.png"))
     fig.tight_layout()
