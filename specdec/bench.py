@@ -306,7 +306,7 @@ def spec_sweep(target, drafts: dict, ks: list[int], requests: list, repeats: int
                        target_passes=merged.target_passes, draft_s=merged.draft_s, verify_s=merged.verify_s,
                        lossy=merged.lossy, **latency(stats[name][timed:]))
         rows.append(row)
-    ar_tpot = rows[0]["tpot_ms_median"]
+    ar_tpot = next(r for r in rows if r["name"] == "AR")["tpot_ms_median"]
     for row in rows:
         if "tpot_ms_median" in row:
             row["tpot_speedup_vs_AR"] = ar_tpot / row["tpot_ms_median"]
