@@ -1,7 +1,8 @@
-"""The fp16-weight GEMM is used exactly when it is exact, and then matches the fp32 GEMM to rounding."""
+"""The fp16-weight GEMMs are used exactly when they are exact, and then match the fp32 GEMM to rounding; many rows
+take oneDNN's fp32 GEMM, whose rows do not depend on how many share a call."""
 import torch
 
-from specdec.models.linear import FP16_GEMM, Linear
+from specdec.models.linear import FP16_GEMM, ONEDNN_GEMM, Linear
 
 
 def _pair(fp16_exact: bool):
@@ -18,11 +19,11 @@ def test_fp16_gemm_matches_fp32_on_fp16_exact_weights():
     lin, x = _pair(True)
     with torch.inference_mode():
         fast = lin(x)
-        assert lin._packed[1] is not None  # the fp16 path ran
+        assert lin._packs().few is not None  # the fp16 path ran
         lin.allow_fp16_gemm = False
         lin._packed = None
         ref = lin(x)
-        assert lin._packed[1] is None
+        assert lin._packs().few is None
     torch.testing.assert_close(fast, ref, atol=2e-5, rtol=1e-5)
 
 
@@ -30,7 +31,7 @@ def test_weights_that_fp16_would_round_keep_the_fp32_gemm():
     lin, x = _pair(False)
     with torch.inference_mode():
         y = lin(x)
-    assert lin._packed[1] is None
+        assert lin._packs().few is None
     torch.testing.assert_close(y, x @ lin.weight.t() + lin.bias)
 
 
@@ -43,6 +44,28 @@ def test_packed_weights_follow_in_place_updates():
     with torch.inference_mode():
         after = lin(x)
     torch.testing.assert_close(after - lin.bias, 2 * (before - lin.bias), atol=1e-4, rtol=1e-5)
+
+
+def test_many_rows_take_onednn_exactly_and_each_row_alone():
+    """A prefill's rows (> cpu.MAX_ROWS) take oneDNN's fp32 GEMM over the blocked weights: as close to a float64 GEMM
+    as torch's fp32 one, and every row's bits independent of the rows beside it — a batched prefill gives each
+    sequence what its prefill alone would."""
+    from specdec.kernels import cpu
+    assert ONEDNN_GEMM, "oneDNN's linear is missing from this torch build"
+    torch.manual_seed(2)
+    for K, N, fp16 in [(512, 1536, True), (2048, 512, True), (512, 1025, False)]:
+        lin = Linear(K, N)
+        if fp16:
+            with torch.no_grad():
+                lin.weight.copy_(lin.weight.half().float())
+        x = torch.randn(400, K)
+        with torch.inference_mode():
+            y = lin(x)
+            ref = torch.nn.functional.linear(x.double(), lin.weight.double(), lin.bias.double())
+            bound = (x.abs().double() @ lin.weight.abs().double().t()) * 2e-6  # fp32 rounding, K terms
+            assert ((y.double() - ref).abs() <= bound).all()
+            for a, m in [(0, cpu.MAX_ROWS + 1), (7, 70), (100, 220), (3, 397)]:
+                assert torch.equal(lin(x[a:a + m]), y[a:a + m]), (K, N, m)
 
 
 def test_training_uses_the_autograd_path():
@@ -83,7 +106,7 @@ def test_cpu_gemv_kernel_matches_float64_reference_on_ragged_shapes():
     with torch.inference_mode():
         lin.weight.copy_(lin.weight.half().float())
         lin.bias.copy_(lin.bias.half().float())
-        for M in (1, cpu.MAX_ROWS, cpu.MAX_ROWS + 1, 40):  # kernel, kernel, FBGEMM, FBGEMM
+        for M in (1, cpu.MAX_ROWS, cpu.MAX_ROWS + 1, 40):  # kernel, kernel, oneDNN, oneDNN
             x = torch.randn(M, 512)
             torch.testing.assert_close(lin(x), x @ lin.weight.t() + lin.bias, atol=2e-5, rtol=1e-5)
-        assert isinstance(lin._packed[1][1], cpu.PackedFP16)
+        assert isinstance(lin._packs().few, cpu.PackedFP16)

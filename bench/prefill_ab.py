@@ -1,0 +1,94 @@
+"""The exact prefill's GEMMs: oneDNN's fp32 GEMM over blocked weights (what specdec takes for many rows) against
+FBGEMM's fp16-weight GEMM and torch's fp32 GEMM, per matmul at a real shape's prefill, then whole prefills (time to
+first token) of a model packed each way, interleaved in one process; checks that both give the same first token.
+
+    python bench/prefill_ab.py [--shape v2] [--phones 70] [--prompt 150] [--repeats 15]
+
+Writes bench/results/prefill_ab_<shape>.json.
+"""
+import argparse
+import copy
+import os
+import statistics
+import time
+from unittest import mock
+
+import torch
+import torch.nn.functional as F
+from rich.console import Console
+
+from specdec.bench import as_dict, fixed_request, machine, random_target, run_interleaved, write_json
+from specdec.engine import Engine, Request
+from specdec.models import linear
+from specdec.sampling import SamplingParams
+
+ap = argparse.ArgumentParser()
+ap.add_argument("--shape", default="v2")
+ap.add_argument("--phones", type=int, default=70)
+ap.add_argument("--prompt", type=int, default=150)
+ap.add_argument("--repeats", type=int, default=15)
+args = ap.parse_args()
+if not (linear.ONEDNN_GEMM and linear.FP16_GEMM):
+    raise SystemExit("this torch build lacks oneDNN's linear or FBGEMM's fp16 GEMM")
+console = Console()
+gpt = random_target(args.shape)
+M = args.phones + args.prompt
+
+
+def median_s(f, n: int) -> float:
+    for _ in range(3):
+        f()
+    ts = []
+    for _ in range(n):
+        t = time.perf_counter()
+        f()
+        ts.append(time.perf_counter() - t)
+    return statistics.median(ts)
+
+
+matmuls = []
+block = gpt.layers[0]
+for name, lin in (("qkv", block.qkv), ("out", block.out), ("ffn_in", block.ffn_in), ("ffn_out", block.ffn_out)):
+    w, b = lin.weight.detach(), lin.bias.detach()
+    x = torch.randn(M, w.shape[1])
+    fbgemm = torch.ops.quantized.linear_prepack_fp16(w.contiguous(), b)
+    blocked = torch.ops.mkldnn._reorder_linear_weight(w.contiguous(), 256)
+    ways = {"oneDNN fp32 (blocked)": lambda: torch.ops.mkldnn._linear_pointwise(x, blocked, b, "none", [], ""),
+            "FBGEMM fp16 weights": lambda: torch.ops.quantized.linear_dynamic_fp16(x, fbgemm),
+            "torch fp32": lambda: F.linear(x, w, b)}
+    macs = M * w.shape[0] * w.shape[1]
+    row = {"matmul": name, "M": M, "K": w.shape[1], "N": w.shape[0]}
+    for _ in range(2):  # alternate the ways twice; keep the faster sample of each
+        for way, f in ways.items():
+            row[way] = max(row.get(way, 0.0), macs / median_s(f, args.repeats) / 1e9)
+    matmuls.append(row)
+    console.print(f"{name:8s} [{M}×{w.shape[1]}]·[{w.shape[1]}×{w.shape[0]}]: "
+                  + ", ".join(f"{way} {row[way]:.0f}" for way in ways) + " GMAC/s")
+
+phones, prompt = fixed_request(args.phones, args.prompt, gpt.cfg.phoneme_vocab_size)
+fbgemm_gpt = copy.deepcopy(gpt)
+first = {}
+
+
+def prefill(name: str, model):
+    engine = Engine(model)
+
+    def run() -> int:
+        out = engine.generate([Request(phones, prompt, params=SamplingParams(seed=0, max_new_tokens=1))])[0]
+        first[name] = out.tokens
+        return 1
+    return run
+
+
+contenders = {"oneDNN": prefill("oneDNN", gpt), "FBGEMM": prefill("FBGEMM", fbgemm_gpt)}
+with mock.patch.object(linear, "ONEDNN_GEMM", False):  # fbgemm_gpt's Linears pack without oneDNN, on first use
+    contenders["FBGEMM"]()
+with console.status("whole prefills") as status:
+    t = run_interleaved(contenders, args.repeats, 1, lambda m: status.update(m))
+ms = {n: 1e3 * statistics.median(x.seconds) for n, x in t.items()}
+same = torch.equal(first["oneDNN"], first["FBGEMM"])
+console.print(f"prefill of {M} rows (+ its sampling): oneDNN {ms['oneDNN']:.1f} ms, FBGEMM {ms['FBGEMM']:.1f} ms "
+              f"({ms['FBGEMM'] / ms['oneDNN']:.2f}×); same first token: {same}")
+write_json(os.path.join(os.path.dirname(__file__), "results", f"prefill_ab_{args.shape}.json"),
+           {"machine": machine(), "shape": args.shape, "rows": M, "matmuls_gmac_per_s": matmuls,
+            "prefill_ms_median": ms, "prefill": [as_dict(x) for x in t.values()], "same_first_token": same})
