@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import datetime
 import functools
+import itertools
 import json
 import os
 import platform
 import statistics
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Callable
 
 import torch
@@ -239,19 +240,32 @@ def latency(stats: list[SpecStats]) -> dict:
             "tpot_ms_median": 1e3 * statistics.median(tpot) if tpot else float("nan")}
 
 
+SEED_STRIDE = 1000  # call r of a contender samples a request seeded s with seed s + r · SEED_STRIDE
+
+
+def _reseeded(r, shift: int):
+    seed = r.params.seed
+    return r if seed is None or not shift else replace(r, params=replace(r.params, seed=seed + shift))
+
+
 def spec_sweep(target, drafts: dict, ks: list[int], requests: list, repeats: int = 3, warmup: int = 1,
                upstream: bool = False, eco: bool = False, progress=None,
-               draft_temperatures: dict[str, float] | None = None) -> dict:
+               draft_temperatures: dict[str, float] | None = None, adaptive: bool = False) -> dict:
     """tokens/s and acceptance of specdec AR, upstream (optional) and every (draft, k), interleaved; with `eco` also
     the int8 target alone and every (draft, k) over it (lossy: their rows carry lossy=True; int8 copies of the target
-    are left out there, the eco target being one already). draft_temperatures: per draft name, the engine's draft
-    temperature (default: the draft's own)."""
+    are left out there, the eco target being one already); with `adaptive` also every draft over the exact target
+    with k chosen per round (specdec.adaptive) up to max(ks). draft_temperatures: per draft name, the engine's draft
+    temperature (default: the draft's own). Each repeat samples with new seeds (the same for every contender), so
+    acceptance is measured over len(requests) × (warmup + repeats) samples, not the same few again."""
     from specdec.engine import Engine
     stats: dict[str, list] = {}
 
     def runner(engine: Engine, name: str):
+        calls = itertools.count()
+
         def run() -> int:
-            outs = [engine.generate([r])[0] for r in requests]
+            shift = SEED_STRIDE * next(calls)
+            outs = [engine.generate([_reseeded(r, shift)])[0] for r in requests]
             stats.setdefault(name, []).extend(o.stats for o in outs)
             return sum(len(o.tokens) for o in outs)
         return run
@@ -262,6 +276,10 @@ def spec_sweep(target, drafts: dict, ks: list[int], requests: list, repeats: int
         for k in ks:
             contenders[f"{dname} k={k}"] = runner(Engine(target, draft, k=k, draft_temperature=temperature(dname)),
                                                   f"{dname} k={k}")
+        if adaptive:
+            name = f"{dname} adaptive k≤{max(ks)}"
+            contenders[name] = runner(Engine(target, draft, k=max(ks), adaptive=True,
+                                             draft_temperature=temperature(dname)), name)
     eco_drafts = []
     if eco:
         from specdec.models.int8 import quantize_gpt
@@ -321,6 +339,10 @@ BENCH_TEXTS = (  # a fixed set, none of them in the demo corpus
     "Speculative decoding makes the same speech sooner.",
     "Please call me back before noon tomorrow.",
     "A small draft proposes, and the full model decides.",
+    "Every morning the baker opens the shop at six.",
+    "Rain is expected in the north later this week.",
+    "She read the letter twice and smiled.",
+    "Turn left at the second light and park behind the school.",
 )
 
 
@@ -400,8 +422,12 @@ def plots(res: dict, outdir: str) -> list[str]:
              "Speedup vs k: time per output token")][:1 + tpot]:
         for d in res["drafts"] + [f"eco {d}" for d in res.get("eco_drafts", [])]:
             ks = [k for k in res["ks"] if f"{d} k={k}" in rows]
-            ax.plot(ks, [rows[f"{d} k={k}"][key] for k in ks], marker="o", label=d,
-                    ls="--" if d.startswith("eco ") else "-")
+            line, = ax.plot(ks, [rows[f"{d} k={k}"][key] for k in ks], marker="o", label=d,
+                            ls="--" if d.startswith("eco ") else "-")
+            adaptive = rows.get(f"{d} adaptive k≤{max(res['ks'])}")
+            if adaptive is not None:  # k chosen per round, up to the sweep's largest: drawn at that k
+                ax.plot([max(res["ks"])], [adaptive[key]], marker="*", ms=12, ls="none", color=line.get_color(),
+                        label=f"{d} adaptive")
         if key in rows.get("upstream infer_panel_naive", {}):
             ax.axhline(rows["upstream infer_panel_naive"][key], color="grey", ls="--", label="upstream")
         if ECO in rows:

@@ -214,12 +214,15 @@ def _add_bench(sub) -> None:
                    help="comma-separated draft temperatures (multiples of the request's) to sweep for every model "
                         "draft, rows named DRAFT T×t (default: each draft at its own, stored by specdec distill)")
     p.add_argument("--tokens", type=int, default=150, help="max new tokens per request")
-    p.add_argument("--requests", type=int, default=2, help="requests in the fixed set")
+    p.add_argument("--requests", type=int, default=2,
+                   help="requests in the fixed set (the demo's: up to 8 sentences); each repeat samples new seeds")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--no-upstream", action="store_true", help="skip upstream infer_panel_naive")
     p.add_argument("--eco", action="store_true",
                    help="also time the int8 target (eco mode, lossy) alone and with every draft but int8 copies")
+    p.add_argument("--adaptive", action="store_true",
+                   help="also time every draft with k chosen per round from observed acceptance, up to the largest --k")
     p.add_argument("-o", "--out", default="bench/results", help="folder for JSON, Markdown and PNG plots")
     p.set_defaults(func=cmd_bench)
 
@@ -234,6 +237,8 @@ def cmd_bench(args) -> None:
     from specdec.models.int8 import quantize_draft
     from specdec.sampling import SamplingParams
     ks = _int_list(args.k, "--k")
+    if min(args.requests, args.repeats, args.tokens) < 1 or args.warmup < 0:
+        raise SpecdecError("--requests, --repeats and --tokens must be ≥ 1 and --warmup ≥ 0")
     if (args.shape is not None) + (args.gpt is not None) + args.demo > 1:
         raise SpecdecError("give at most one of --shape (random weights), --gpt FILE or --demo (the default)")
     params = dict(max_new_tokens=args.tokens)
@@ -258,6 +263,8 @@ def cmd_bench(args) -> None:
         default_drafts = [*(["bundle", "bundle-int8"] if own_drafts else []),
                           *(["bundle-gpt", "bundle-gpt-int8"] if own_drafts and bundle.gpt_draft is not None else []),
                           f"layerskip:{max(1, target.cfg.n_layer // 2)}", "int8", "ngram"]
+        if args.requests > len(bench.BENCH_TEXTS):
+            raise SpecdecError(f"--requests {args.requests}: the demo's sentences are {len(bench.BENCH_TEXTS)}")
         requests = []
         for i, text in enumerate(bench.BENCH_TEXTS[:args.requests]):
             phones, _ = bundle.frontend.phones(text, voice.language)
@@ -283,7 +290,7 @@ def cmd_bench(args) -> None:
                                                                           "--draft-temperature"))
     upstream = not args.no_upstream and _upstream_importable()
     n_eco = (1 + len(bench.eco_draft_names(drafts)) * len(ks)) if args.eco else 0
-    n_configs = 1 + len(drafts) * len(ks) + upstream + n_eco
+    n_configs = 1 + len(drafts) * (len(ks) + args.adaptive) + upstream + n_eco
     console = Console(stderr=True)
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task("bench", total=n_configs * (args.repeats + args.warmup))
@@ -291,7 +298,7 @@ def cmd_bench(args) -> None:
         def step(msg: str) -> None:
             progress.update(task, advance=1, description=msg)
         res = bench.spec_sweep(target, drafts, ks, requests, args.repeats, args.warmup, upstream, args.eco, step,
-                               draft_temperatures)
+                               draft_temperatures, args.adaptive)
         if bundle is not None:  # end to end: AR against the fastest exact configuration, both streaming
             from specdec.pipeline import TTS
             best = max((r for r in res["rows"] if " k=" in r["name"] and not r.get("lossy")),

@@ -60,15 +60,23 @@ def test_info_and_convert(ckpt, tmp_path):
 
 def test_bench_writes_json_markdown_and_plots(ckpt, tmp_path):
     rc, out, err = run("bench", "--gpt", str(ckpt), "--draft", "layerskip:1", "--k", "2,3", "--tokens", "12",
-                       "--requests", "1", "--repeats", "1", "--no-upstream", "-o", str(tmp_path))
+                       "--requests", "1", "--repeats", "1", "--adaptive", "--no-upstream", "-o", str(tmp_path))
     assert rc == 0, err
     res = json.loads((tmp_path / "bench_tiny.json").read_text())
-    assert [r["name"] for r in res["rows"]] == ["AR", "layerskip:1 k=2", "layerskip:1 k=3"]
+    assert [r["name"] for r in res["rows"]] == ["AR", "layerskip:1 k=2", "layerskip:1 k=3",
+                                                "layerskip:1 adaptive k≤3"]
     assert res["rows"][0]["tpot_speedup_vs_AR"] == 1.0
     assert all(0 < r["ttft_ms_median"] and 0 < r["tpot_ms_median"] for r in res["rows"])
     assert "| AR |" in (tmp_path / "bench_tiny.md").read_text()
     assert sorted(os.listdir(tmp_path / "bench_tiny")) == ["acceptance_per_position.png", "speedup_vs_k.png"]
     assert "note" not in err  # upstream checkpoints hold fp16 weights: the fast exact kernels take them
+
+
+def test_bench_refuses_impossible_counts(tmp_path):
+    for args in (["--requests", "0"], ["--repeats", "0"], ["--tokens", "0"], ["--warmup", "-1"], ["--requests", "9"]):
+        rc, _, err = run("bench", *args, "--no-upstream", "-o", str(tmp_path))
+        assert "--" in one_error_line(rc, err)
+    assert not os.listdir(tmp_path)
 
 
 def test_bench_sweeps_draft_temperatures_for_model_drafts_only(ckpt, tmp_path):

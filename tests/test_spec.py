@@ -95,6 +95,23 @@ def test_latency_medians_per_request():
     assert got["tpot_ms_median"] == pytest.approx(1e3 * (0.1 + 0.5) / 2)  # 0.8 s / 8 and 2.0 s / 4
 
 
+def test_the_bench_samples_new_seeds_each_repeat_and_times_adaptive_k(target, monkeypatch):
+    """Every contender meets the same seeds, new ones each call (acceptance is not measured on the same few samples
+    again); with adaptive=True each draft also gets a row with k chosen per round."""
+    from specdec import bench
+    seen: dict[int, list] = {}
+    generate = Engine.generate
+
+    def spy(self, reqs):
+        seen.setdefault(id(self), []).append(tuple(r.params.seed for r in reqs))
+        return generate(self, reqs)
+    monkeypatch.setattr(Engine, "generate", spy)
+    reqs = requests(2, params=SamplingParams(max_new_tokens=8, seed=5))
+    res = bench.spec_sweep(target, {"ngram": "ngram"}, [2], reqs, repeats=2, warmup=1, adaptive=True)
+    assert [r["name"] for r in res["rows"]] == ["AR", "ngram k=2", "ngram adaptive k≤2"]
+    assert len(seen) == 3 and all(s == [(5,), (5,), (1005,), (1005,), (2005,), (2005,)] for s in seen.values())
+
+
 def test_an_impossible_draft_temperature_is_refused(target):
     for t in (0.0, -1.0, float("inf"), float("nan")):
         with pytest.raises(SpecdecError, match="draft_temperature"):
