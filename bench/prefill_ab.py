@@ -1,12 +1,14 @@
-"""The exact prefill's GEMMs: oneDNN's fp32 GEMM over blocked weights (what specdec takes for many rows) against
-FBGEMM's fp16-weight GEMM and torch's fp32 GEMM, per matmul at a real shape's prefill, then whole prefills (time to
-first token) of a model packed each way, interleaved in one process; checks that both give the same first token.
+"""The exact prefill: its GEMMs — oneDNN's fp32 GEMM over blocked weights (what specdec takes for many rows) against
+FBGEMM's fp16-weight GEMM and torch's fp32 GEMM, per matmul at a real shape's prefill — then whole prefills (time to
+first token) as specdec runs them, with FBGEMM's GEMMs instead, and with torch's SDPA instead of the C attention
+kernel (kernels/cpu.c `prefix_attention`), interleaved in one process; checks that all give the same first token.
 
     python bench/prefill_ab.py [--shape v2] [--phones 70] [--prompt 150] [--repeats 15]
 
 Writes bench/results/prefill_ab_<shape>.json.
 """
 import argparse
+import contextlib
 import copy
 import os
 import statistics
@@ -19,6 +21,7 @@ from rich.console import Console
 
 from specdec.bench import as_dict, fixed_request, machine, random_target, run_interleaved, write_json
 from specdec.engine import Engine, Request
+from specdec.kernels import attention
 from specdec.models import linear
 from specdec.sampling import SamplingParams
 
@@ -70,25 +73,30 @@ fbgemm_gpt = copy.deepcopy(gpt)
 first = {}
 
 
-def prefill(name: str, model):
+def prefill(name: str, model, sdpa: bool = False):
     engine = Engine(model)
+    no_kernel = mock.patch.object(attention, "_cpu_prefix_kernel", lambda q, k: False)
 
     def run() -> int:
-        out = engine.generate([Request(phones, prompt, params=SamplingParams(seed=0, max_new_tokens=1))])[0]
+        with no_kernel if sdpa else contextlib.nullcontext():
+            out = engine.generate([Request(phones, prompt, params=SamplingParams(seed=0, max_new_tokens=1))])[0]
         first[name] = out.tokens
         return 1
     return run
 
 
-contenders = {"oneDNN": prefill("oneDNN", gpt), "FBGEMM": prefill("FBGEMM", fbgemm_gpt)}
+names = ("specdec (oneDNN GEMMs, C attention)", "FBGEMM GEMMs", "SDPA attention")
+contenders = {names[0]: prefill(names[0], gpt), names[1]: prefill(names[1], fbgemm_gpt),
+              names[2]: prefill(names[2], gpt, sdpa=True)}
 with mock.patch.object(linear, "ONEDNN_GEMM", False):  # fbgemm_gpt's Linears pack without oneDNN, on first use
-    contenders["FBGEMM"]()
+    contenders[names[1]]()
 with console.status("whole prefills") as status:
     t = run_interleaved(contenders, args.repeats, 1, lambda m: status.update(m))
 ms = {n: 1e3 * statistics.median(x.seconds) for n, x in t.items()}
-same = torch.equal(first["oneDNN"], first["FBGEMM"])
-console.print(f"prefill of {M} rows (+ its sampling): oneDNN {ms['oneDNN']:.1f} ms, FBGEMM {ms['FBGEMM']:.1f} ms "
-              f"({ms['FBGEMM'] / ms['oneDNN']:.2f}×); same first token: {same}")
+same = all(torch.equal(first[n], first[names[0]]) for n in names)
+for n in names:
+    console.print(f"prefill of {M} rows (+ its sampling), {n}: {ms[n]:.1f} ms ({ms[n] / ms[names[0]]:.2f}×)")
+console.print(f"same first token: {same}")
 write_json(os.path.join(os.path.dirname(__file__), "results", f"prefill_ab_{args.shape}.json"),
            {"machine": machine(), "shape": args.shape, "rows": M, "matmuls_gmac_per_s": matmuls,
             "prefill_ms_median": ms, "prefill": [as_dict(x) for x in t.values()], "same_first_token": same})

@@ -688,6 +688,209 @@ static void attend_row(const float *q, const float *kc, const float *vc, const i
         attend_row_nv(q, kc, vc, bt, ps, n, D, scale, s, out, D / 8);
 }
 
+/* ---- prefill attention ---------------------------------------------------------------------------------------
+
+   A prefill's rows see a prefix of their sequence's keys: row r the first keys[r] (the whole text for a text row,
+   the keys up to itself for a later one: the prefix-LM mask). Per head, the keys are transposed once into kt [D][S]
+   and the values gathered into vb [S][D]; then tiles of PR rows meet the keys 32 at a time (scores: key vectors ×
+   row broadcasts), each row's softmax runs over its own keys only (later keys of the tile get weight 0), and the
+   tile sums its weighted values. Scores are kept for all of a tile's keys, so nothing is rescaled, and no tile
+   computes past its last row's keys: about half the work of a dense masked pass. D must be a multiple of 32. A v2
+   layer's prefill (220 rows, 70 of them text): 0.5-0.6 ms against 1.1 for torch's SDPA with the mask (2026-11-27). */
+#define PR 8
+
+static void score_tile(const float *q, int64_t q_stride, int64_t nr, const float *kt, int64_t S, int64_t nk,
+                       int64_t D, float scale, float *s) {
+    const float *qr[PR];
+    for (int r = 0; r < PR; r++) qr[r] = q + (r < nr ? r : nr - 1) * q_stride; /* short tiles repeat their last row */
+    for (int64_t j0 = 0; j0 < nk; j0 += 16) { /* 6 rows × 2 vectors: 12 of the 16 registers accumulate */
+        for (int r0 = 0; r0 < nr; r0 += 6) {
+            __m256 acc[6][2];
+            for (int r = 0; r < 6; r++) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
+            for (int64_t d = 0; d < D; d++) {
+                __m256 b0 = _mm256_loadu_ps(kt + d * S + j0), b1 = _mm256_loadu_ps(kt + d * S + j0 + 8);
+                for (int r = 0; r < 6; r++) {
+                    __m256 a = _mm256_broadcast_ss(qr[r0 + r < PR ? r0 + r : PR - 1] + d);
+                    acc[r][0] = _mm256_fmadd_ps(a, b0, acc[r][0]);
+                    acc[r][1] = _mm256_fmadd_ps(a, b1, acc[r][1]);
+                }
+            }
+            for (int r = 0; r < 6 && r0 + r < nr; r++) {
+                _mm256_storeu_ps(s + (r0 + r) * S + j0, _mm256_mul_ps(acc[r][0], _mm256_set1_ps(scale)));
+                _mm256_storeu_ps(s + (r0 + r) * S + j0 + 8, _mm256_mul_ps(acc[r][1], _mm256_set1_ps(scale)));
+            }
+        }
+    }
+}
+
+__attribute__((target("avx512f"))) static void score_tile512(const float *q, int64_t q_stride, int64_t nr,
+                                                             const float *kt, int64_t S, int64_t nk, int64_t D,
+                                                             float scale, float *s) {
+    const float *qr[PR];
+    for (int r = 0; r < PR; r++) qr[r] = q + (r < nr ? r : nr - 1) * q_stride;
+    for (int64_t j0 = 0; j0 < nk; j0 += 32) { /* 8 rows × 2 vectors of 16 keys */
+        __m512 acc[PR][2];
+        for (int r = 0; r < PR; r++) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
+        for (int64_t d = 0; d < D; d++) {
+            __m512 b0 = _mm512_loadu_ps(kt + d * S + j0), b1 = _mm512_loadu_ps(kt + d * S + j0 + 16);
+            for (int r = 0; r < PR; r++) {
+                __m512 a = _mm512_set1_ps(qr[r][d]);
+                acc[r][0] = _mm512_fmadd_ps(a, b0, acc[r][0]);
+                acc[r][1] = _mm512_fmadd_ps(a, b1, acc[r][1]);
+            }
+        }
+        for (int r = 0; r < nr; r++) {
+            _mm512_storeu_ps(s + r * S + j0, _mm512_mul_ps(acc[r][0], _mm512_set1_ps(scale)));
+            _mm512_storeu_ps(s + r * S + j0 + 16, _mm512_mul_ps(acc[r][1], _mm512_set1_ps(scale)));
+        }
+    }
+}
+
+/* s[0:n] → e^(s - max) in place, s[n:nk] → 0; returns 1 / Σ */
+static float softmax_row(float *s, int64_t n, int64_t nk) {
+    __m256 m8 = _mm256_set1_ps(-INFINITY);
+    int64_t j = 0;
+    for (; j + 8 <= n; j += 8) m8 = _mm256_max_ps(m8, _mm256_loadu_ps(s + j));
+    float ms[8], m = -INFINITY;
+    _mm256_storeu_ps(ms, m8);
+    for (int u = 0; u < 8; u++) m = ms[u] > m ? ms[u] : m;
+    for (; j < n; j++) m = s[j] > m ? s[j] : m;
+    __m256 mv = _mm256_set1_ps(m), sum = _mm256_setzero_ps();
+    for (j = 0; j + 8 <= n; j += 8) {
+        __m256 e = exp_neg(_mm256_sub_ps(_mm256_loadu_ps(s + j), mv));
+        _mm256_storeu_ps(s + j, e);
+        sum = _mm256_add_ps(sum, e);
+    }
+    float total = hsum(sum);
+    for (; j < n; j++) total += (s[j] = expf(s[j] - m));
+    memset(s + n, 0, sizeof(float) * (nk - n));
+    return 1.0f / total;
+}
+
+/* exp_neg on 16 lanes: the same steps */
+__attribute__((target("avx512f"))) static inline __m512 exp_neg512(__m512 x) {
+    x = _mm512_max_ps(x, _mm512_set1_ps(-87.3f));
+    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+    p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+    __m512i e = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23);
+    return _mm512_mul_ps(p, _mm512_castsi512_ps(e));
+}
+
+__attribute__((target("avx512f"))) static float softmax_row512(float *s, int64_t n, int64_t nk) {
+    __m512 m16 = _mm512_set1_ps(-INFINITY);
+    for (int64_t j = 0; j < n; j += 16) {
+        __mmask16 k = n - j >= 16 ? 0xFFFF : (__mmask16)((1u << (n - j)) - 1);
+        m16 = _mm512_mask_max_ps(m16, k, m16, _mm512_maskz_loadu_ps(k, s + j));
+    }
+    __m512 mv = _mm512_set1_ps(_mm512_reduce_max_ps(m16)), sum = _mm512_setzero_ps();
+    for (int64_t j = 0; j < nk; j += 16) { /* lanes at or past n: weight 0 */
+        __mmask16 k = n - j >= 16 ? 0xFFFF : n > j ? (__mmask16)((1u << (n - j)) - 1) : 0;
+        __m512 e = _mm512_maskz_mov_ps(k, exp_neg512(_mm512_sub_ps(_mm512_loadu_ps(s + j), mv)));
+        _mm512_storeu_ps(s + j, e);
+        sum = _mm512_add_ps(sum, e);
+    }
+    return 1.0f / _mm512_reduce_add_ps(sum);
+}
+
+/* out rows [nr ≤ PR][D] (row stride out_stride) = inv[r] · Σ_j p[r][j] vb[j], j < nk; 32 columns at a time: 3 rows ×
+   4 vectors (AVX2) or all PR rows × 2 vectors (AVX-512) accumulate in registers */
+static void value_tile(const float *p, int64_t S, int64_t nr, const float *vb, int64_t nk, int64_t D,
+                       const float *inv, float *out, int64_t out_stride) {
+    for (int64_t r0 = 0; r0 < nr; r0 += 3) {
+        const float *pr[3];
+        for (int r = 0; r < 3; r++) pr[r] = p + (r0 + r < nr ? r0 + r : nr - 1) * S;
+        for (int64_t d0 = 0; d0 < D; d0 += 32) {
+            __m256 acc[3][4];
+            for (int r = 0; r < 3; r++)
+                for (int c = 0; c < 4; c++) acc[r][c] = _mm256_setzero_ps();
+            for (int64_t j = 0; j < nk; j++) {
+                __m256 v[4];
+                for (int c = 0; c < 4; c++) v[c] = _mm256_loadu_ps(vb + j * D + d0 + 8 * c);
+                for (int r = 0; r < 3; r++) {
+                    __m256 w = _mm256_broadcast_ss(pr[r] + j);
+                    for (int c = 0; c < 4; c++) acc[r][c] = _mm256_fmadd_ps(w, v[c], acc[r][c]);
+                }
+            }
+            for (int r = 0; r < 3 && r0 + r < nr; r++)
+                for (int c = 0; c < 4; c++)
+                    _mm256_storeu_ps(out + (r0 + r) * out_stride + d0 + 8 * c,
+                                     _mm256_mul_ps(acc[r][c], _mm256_set1_ps(inv[r0 + r])));
+        }
+    }
+}
+
+__attribute__((target("avx512f"))) static void value_tile512(const float *p, int64_t S, int64_t nr, const float *vb,
+                                                             int64_t nk, int64_t D, const float *inv, float *out,
+                                                             int64_t out_stride) {
+    const float *pr[PR];
+    for (int r = 0; r < PR; r++) pr[r] = p + (r < nr ? r : nr - 1) * S;
+    for (int64_t d0 = 0; d0 < D; d0 += 32) {
+        __m512 acc[PR][2];
+        for (int r = 0; r < PR; r++) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
+        for (int64_t j = 0; j < nk; j++) {
+            __m512 v0 = _mm512_loadu_ps(vb + j * D + d0), v1 = _mm512_loadu_ps(vb + j * D + d0 + 16);
+            for (int r = 0; r < PR; r++) {
+                __m512 w = _mm512_set1_ps(pr[r][j]);
+                acc[r][0] = _mm512_fmadd_ps(w, v0, acc[r][0]);
+                acc[r][1] = _mm512_fmadd_ps(w, v1, acc[r][1]);
+            }
+        }
+        for (int r = 0; r < nr; r++) {
+            _mm512_storeu_ps(out + r * out_stride + d0, _mm512_mul_ps(acc[r][0], _mm512_set1_ps(inv[r])));
+            _mm512_storeu_ps(out + r * out_stride + d0 + 16, _mm512_mul_ps(acc[r][1], _mm512_set1_ps(inv[r])));
+        }
+    }
+}
+
+/* One sequence's T rows, its new K/V already in the pages: q [T, H, D] (row stride q_stride), its pages
+   (block table bt, page_size ps) in head-major storage of num_slots slots per head; out [T, H, D] contiguous. */
+void prefix_attention(const float *q, int64_t q_stride, const float *k_cache, const float *v_cache, int64_t H,
+                      int64_t D, int64_t num_slots, const int32_t *bt, int64_t ps, int64_t T, const int32_t *keys,
+                      float *out) {
+    int64_t n = 0;
+    for (int64_t r = 0; r < T; r++) n = keys[r] > n ? keys[r] : n;
+    int64_t S = (n + 31) / 32 * 32;
+    float scale = 1.0f / sqrtf((float)D);
+#pragma omp parallel
+    {
+        float *kt = malloc(sizeof(float) * (2 * S * D + PR * S)), *vb = kt + S * D, *s = vb + S * D;
+#pragma omp for schedule(static)
+        for (int64_t hd = 0; hd < H; hd++) {
+            for (int64_t t = 0; t < S; t++) {
+                int64_t slot = t < n ? hd * num_slots + (int64_t)bt[t / ps] * ps + t % ps : 0;
+                for (int64_t d = 0; d < D; d++) kt[d * S + t] = t < n ? k_cache[slot * D + d] : 0.0f;
+                if (t < n) memcpy(vb + t * D, v_cache + slot * D, sizeof(float) * D);
+                else memset(vb + t * D, 0, sizeof(float) * D);
+            }
+            for (int64_t r0 = 0; r0 < T; r0 += PR) {
+                int64_t nr = T - r0 < PR ? T - r0 : PR, nk = 0;
+                for (int64_t r = r0; r < r0 + nr; r++) nk = keys[r] > nk ? keys[r] : nk;
+                nk = (nk + 31) / 32 * 32;
+                const float *qt = q + r0 * q_stride + hd * D;
+                if (use_avx512) score_tile512(qt, q_stride, nr, kt, S, nk, D, scale, s);
+                else score_tile(qt, q_stride, nr, kt, S, nk, D, scale, s);
+                float inv[PR];
+                for (int64_t r = 0; r < nr; r++)
+                    inv[r] = use_avx512 ? softmax_row512(s + r * S, keys[r0 + r], nk)
+                                        : softmax_row(s + r * S, keys[r0 + r], nk);
+                float *o = out + (r0 * H + hd) * D;
+                if (use_avx512) value_tile512(s, S, nr, vb, nk, D, inv, o, H * D);
+                else value_tile(s, S, nr, vb, nk, D, inv, o, H * D);
+            }
+        }
+        free(kt);
+    }
+}
+
 /* x [d] = LayerNorm(x + y) with weight w, bias b (sums in double: the result is independent of the order) */
 static void add_norm(float *x, const float *y, const float *w, const float *b, int64_t d, float eps) {
     double mean = 0.0, var = 0.0;

@@ -86,6 +86,8 @@ def _lib():
     lib.linear.argtypes, lib.linear.restype = [_p, _p, _p, _i, _i, _i, _p, _i, _p], None
     lib.decode_layers.argtypes = [_p, _i, _p, _i, _i, _i, _f, _p, _p, _p, _p, _i, _i, _i]
     lib.decode_layers.restype = None
+    lib.prefix_attention.argtypes = [_p, _i, _p, _p, _i, _i, _i, _p, _i, _i, _p, _p]
+    lib.prefix_attention.restype = None
     lib.draft_loop.argtypes = [_p, _i, _p, _i, _p, _p, _p, _p, _p, _p, _p, _i, _i, _i, _p, _p, _p, _p, _p, _f,
                                ctypes.c_int, _i, _p, _p, _p, _p]
     lib.draft_loop.restype = None
@@ -216,6 +218,21 @@ class DecodeLayers:
                              slot_mapping.data_ptr(), row_seq.data_ptr(), row_keys.data_ptr(), block_table.data_ptr(),
                              block_table.shape[1], self.page_size, self.num_slots)
         return x
+
+
+def prefix_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_table: torch.Tensor,
+                     keys: torch.Tensor) -> torch.Tensor:
+    """One sequence's prefill attention (see `prefix_attention` in the C source): q [T, H, D] fp32 with unit stride
+    inside a row, its new K/V already in the pages [num_blocks, page_size, H, D] (head-major storage), block_table
+    [W] int32 covering max(keys) tokens, keys [T] int32: how many of the sequence's first keys each row sees →
+    [T, H, D]."""
+    T, H, D = q.shape
+    assert q.stride(2) == 1 and q.stride(1) == D and q.dtype == torch.float32 and D % 32 == 0
+    nb, ps = k_cache.shape[:2]
+    out = torch.empty(T, H, D)
+    _lib().prefix_attention(q.data_ptr(), q.stride(0), k_cache.data_ptr(), v_cache.data_ptr(), H, D, nb * ps,
+                            block_table.data_ptr(), ps, T, keys.data_ptr(), out.data_ptr())
+    return out
 
 
 def _ptr(t: torch.Tensor | None):

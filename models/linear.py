@@ -8,8 +8,8 @@ fp32 GEMM over the same values, reading half the bytes — and where it does not
 fp32, 2026-11-24). Both are used only when every weight is exactly representable in fp16: then nothing is rounded and
 outputs differ from the fp32 GEMM only by summation order. Many rows (a prefill) are bound by arithmetic instead:
 there oneDNN's fp32 GEMM over weights reordered once into its blocked layout is the fastest exact one (a v2 prefill
-of 220 rows: 20 % faster per matmul than FBGEMM's fp16 GEMM, 8 % off the whole prefill, 2026-11-27). Autograd
-(training, distillation) always takes F.linear.
+of 220 rows: 3-20 % faster per matmul than FBGEMM's fp16 GEMM, ~10 % off the whole prefill; bench/prefill_ab.py,
+2026-11-27). Autograd (training, distillation) always takes F.linear.
 """
 from __future__ import annotations
 
