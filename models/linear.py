@@ -91,6 +91,10 @@ class Linear(nn.Linear):
                 return y if x.dim() == 2 else y.view(*x.shape[:-1], self.out_features)
         return F.linear(x, self.weight, self.bias)
 
+    def __getstate__(self):
+        # packed weights are a cache over this module's own tensors: copies and pickles rebuild theirs
+        return {**super().__getstate__(), "_packed": None}
+
     def cpu_pack(self) -> "cpu.PackedFP16 | None":
         """The packed fp16 weights the CPU kernels use (whole decode blocks read them too), or None."""
         few = self._packs().few

@@ -434,9 +434,14 @@ def plots(res: dict, outdir: str) -> list[str]:
             ax.axhline(rows[ECO][key], color="tab:red", ls=":", label="eco (int8 target, lossy)")
         ax.axhline(1.0, color="black", lw=0.8)
         ax.set(xlabel="draft tokens per round (k)", ylabel=what, title=title)
-        ax.legend(fontsize="small")
+    # one legend for both panels, below them: inside, a sweep's many lines hide the data
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    ncol = 3 if tpot else 2
+    fig.legend(handles, labels, loc="lower center", ncol=ncol, fontsize="small", frameon=False)
+    rows_below = -(-len(labels) // ncol)
+    fig.set_figheight(4 + 0.22 * rows_below)
     paths.append(os.path.join(outdir, "speedup_vs_k.png"))
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.22 * rows_below / (4 + 0.22 * rows_below) + 0.02, 1, 1))
     fig.savefig(paths[-1], dpi=120)
     plt.close(fig)
     fig, ax = plt.subplots(figsize=(6, 4))

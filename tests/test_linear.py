@@ -68,6 +68,25 @@ def test_many_rows_take_onednn_exactly_and_each_row_alone():
                 assert torch.equal(lin(x[a:a + m]), y[a:a + m]), (K, N, m)
 
 
+def test_copies_and_pickles_rebuild_their_packed_weights():
+    import copy
+    lin, x = _pair(True)
+    with torch.inference_mode():
+        y = lin(x)
+        for other in (copy.deepcopy(lin), torch.load(_saved(lin), weights_only=False)):
+            assert other._packed is None
+            torch.testing.assert_close(other(x), y, rtol=0, atol=0)
+            assert other._packs().few is not lin._packs().few
+
+
+def _saved(module):
+    import io
+    buf = io.BytesIO()
+    torch.save(module, buf)
+    buf.seek(0)
+    return buf
+
+
 def test_training_uses_the_autograd_path():
     lin, x = _pair(True)
     y = lin(x.requires_grad_())
