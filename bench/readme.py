@@ -49,11 +49,11 @@ def section() -> str:
     if ar:
         parts.append(ar_table(ar))
     for name, title, args in (
-            ("bench_demo.json", "Demo voice (trained here), real sentences, upstream default sampling", "--demo"),
+            ("bench_demo.json", "Demo voice (trained here), real sentences, upstream default sampling", "--demo --requests 8 --adaptive --eco"),
             ("bench_gpt_v2.json", "v2 shape trained here on the demo's units (24×512, `gpt_v2`, fp16 weights as "
              "upstream's checkpoints), its distilled EAGLE draft (650 steps, 4 passes), real sentences, upstream "
              "default sampling", "--gpt gpt_v2_fp16.safetensors --draft gpt_v2_draft_fp16.safetensors --draft int8:… "
-             "--draft int8 --draft layerskip:6 --draft ngram --eco --k 2,3,4,5,6,8"),
+             "--draft int8 --draft layerskip:6 --draft ngram --eco --adaptive --k 2,3,4,5,6,8 --requests 8"),
             ("bench_v2.json", "v2 shape, random weights (costs only: acceptance is meaningless)", "--shape v2")):
         res = _load(name)
         if res:
