@@ -49,7 +49,8 @@ def section() -> str:
     if ar:
         parts.append(ar_table(ar))
     for name, title, args in (
-            ("bench_demo.json", "Demo voice (trained here), real sentences, upstream default sampling", "--demo --requests 8 --adaptive --eco"),
+            ("bench_demo.json", "Demo voice (trained here), real sentences, upstream default sampling",
+             "--demo --requests 8 --adaptive --eco"),
             ("bench_gpt_v2.json", "v2 shape trained here on the demo's units (24×512, `gpt_v2`, fp16 weights as "
              "upstream's checkpoints), its distilled EAGLE draft (650 steps, 4 passes), real sentences, upstream "
              "default sampling", "--gpt gpt_v2_fp16.safetensors --draft gpt_v2_draft_fp16.safetensors --draft int8:… "
