@@ -563,23 +563,28 @@ void amx_linear_int8(const int8_t *wp, const float *scale, const float *bias, in
 /* ---- decode blocks ------------------------------------------------------------------------------------------ */
 
 /* e^x for x <= 0 (softmax after the max is subtracted): 2^n · p(r), r = x - n·ln2 in [-ln2/2, ln2/2], p the Cephes
-   expf polynomial (relative error ~1e-7, like libm's expf). Below -87.3 the result flushes to e^-87.3 ≈ 1e-38. */
-static inline __m256 exp_neg(__m256 x) {
-    x = _mm256_max_ps(x, _mm256_set1_ps(-87.3f));
-    __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
-                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
-    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
-    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
-    p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
-    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-    return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
-}
+   expf polynomial (relative error ~1e-7, like libm's expf). Below -87.3 the result flushes to e^-87.3 ≈ 1e-38.
+   One body for 8 lanes (exp_neg) and 16 (exp_neg512): P is the intrinsics' prefix. */
+#define EXP_NEG(NAME, ATTR, V, VI, P, ROUND, CAST_PS)                                                          \
+    ATTR static inline V NAME(V x) {                                                                           \
+        x = P##_max_ps(x, P##_set1_ps(-87.3f));                                                                \
+        V n = ROUND(P##_mul_ps(x, P##_set1_ps(1.44269504088896341f)),                                          \
+                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);                                            \
+        V r = P##_fnmadd_ps(n, P##_set1_ps(0.693359375f), x);                                                  \
+        r = P##_fnmadd_ps(n, P##_set1_ps(-2.12194440e-4f), r);                                                 \
+        V p = P##_set1_ps(1.9875691500e-4f);                                                                   \
+        p = P##_fmadd_ps(p, r, P##_set1_ps(1.3981999507e-3f));                                                 \
+        p = P##_fmadd_ps(p, r, P##_set1_ps(8.3334519073e-3f));                                                 \
+        p = P##_fmadd_ps(p, r, P##_set1_ps(4.1665795894e-2f));                                                 \
+        p = P##_fmadd_ps(p, r, P##_set1_ps(1.6666665459e-1f));                                                 \
+        p = P##_fmadd_ps(p, r, P##_set1_ps(5.0000001201e-1f));                                                 \
+        p = P##_fmadd_ps(p, P##_mul_ps(r, r), P##_add_ps(r, P##_set1_ps(1.0f)));                               \
+        VI e = P##_slli_epi32(P##_add_epi32(P##_cvtps_epi32(n), P##_set1_epi32(127)), 23);                     \
+        return P##_mul_ps(p, CAST_PS(e));                                                                      \
+    }
+EXP_NEG(exp_neg, , __m256, __m256i, _mm256, _mm256_round_ps, _mm256_castsi256_ps)
+EXP_NEG(exp_neg512, __attribute__((target("avx512f"))), __m512, __m512i, _mm512, _mm512_roundscale_ps,
+        _mm512_castsi512_ps)
 
 static inline float hsum(__m256 v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -603,6 +608,20 @@ static inline __m256 hsum8(const __m256 a[8]) {
     __m256 r = _mm256_add_ps(_mm256_shuffle_ps(lo, hi, _MM_SHUFFLE(2, 0, 2, 0)),
                              _mm256_shuffle_ps(lo, hi, _MM_SHUFFLE(3, 1, 3, 1))); /* [0 2 4 6 | 1 3 5 7] */
     return _mm256_permutevar8x32_ps(r, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+}
+
+/* s[0:n] → e^(s - m) in place (m: their max); returns the sum */
+static inline float exp_sum(float *s, int64_t n, float m) {
+    __m256 mv = _mm256_set1_ps(m), sum = _mm256_setzero_ps();
+    int64_t t = 0;
+    for (; t + 8 <= n; t += 8) {
+        __m256 e = exp_neg(_mm256_sub_ps(_mm256_loadu_ps(s + t), mv));
+        _mm256_storeu_ps(s + t, e);
+        sum = _mm256_add_ps(sum, e);
+    }
+    float total = hsum(sum);
+    for (; t < n; t++) total += (s[t] = expf(s[t] - m));
+    return total;
 }
 
 /* One query row of one head against its first n keys: out [D] = softmax(q·K^T · scale) · V. Keys live in the
@@ -647,15 +666,7 @@ static inline __attribute__((always_inline)) void attend_row_nv(const float *q, 
     float m8s[8];
     _mm256_storeu_ps(m8s, m8);
     for (int u = 0; u < 8; u++) m = m8s[u] > m ? m8s[u] : m;
-    __m256 mv = _mm256_set1_ps(m), sum = _mm256_setzero_ps();
-    int64_t t = 0;
-    for (; t + 8 <= n; t += 8) {
-        __m256 e = exp_neg(_mm256_sub_ps(_mm256_loadu_ps(s + t), mv));
-        _mm256_storeu_ps(s + t, e);
-        sum = _mm256_add_ps(sum, e);
-    }
-    float total = hsum(sum);
-    for (; t < n; t++) total += (s[t] = expf(s[t] - m));
+    float total = exp_sum(s, n, m);
     /* two accumulators per output vector, even and odd keys of a page: one chain per vector would wait out the FMA
        latency at every key */
     for (int64_t j = 0; j < nv; j++) acc[j] = acc2[j] = _mm256_setzero_ps();
@@ -755,34 +766,9 @@ static float softmax_row(float *s, int64_t n, int64_t nk) {
     _mm256_storeu_ps(ms, m8);
     for (int u = 0; u < 8; u++) m = ms[u] > m ? ms[u] : m;
     for (; j < n; j++) m = s[j] > m ? s[j] : m;
-    __m256 mv = _mm256_set1_ps(m), sum = _mm256_setzero_ps();
-    for (j = 0; j + 8 <= n; j += 8) {
-        __m256 e = exp_neg(_mm256_sub_ps(_mm256_loadu_ps(s + j), mv));
-        _mm256_storeu_ps(s + j, e);
-        sum = _mm256_add_ps(sum, e);
-    }
-    float total = hsum(sum);
-    for (; j < n; j++) total += (s[j] = expf(s[j] - m));
+    float total = exp_sum(s, n, m);
     memset(s + n, 0, sizeof(float) * (nk - n));
     return 1.0f / total;
-}
-
-/* exp_neg on 16 lanes: the same steps */
-__attribute__((target("avx512f"))) static inline __m512 exp_neg512(__m512 x) {
-    x = _mm512_max_ps(x, _mm512_set1_ps(-87.3f));
-    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
-    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
-    p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
-    __m512i e = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23);
-    return _mm512_mul_ps(p, _mm512_castsi512_ps(e));
 }
 
 __attribute__((target("avx512f"))) static float softmax_row512(float *s, int64_t n, int64_t nk) {
