@@ -46,18 +46,6 @@ def _ragged_batch(gpt: GPT, rng: random.Random, page_size: int):
     return kvs, meta, torch.randn(sum(qlens), cfg.d_model)
 
 
-@pytest.fixture(params=[True, False], ids=["avx512", "avx2"])
-def avx512(request):
-    """The AVX-512 kernels (fp16 rows, int8 on VNNI) or the AVX2 ones, on the same machine."""
-    if request.param and not cpu.use_avx512(True):
-        pytest.skip("no AVX-512 on this CPU")
-    cpu.use_avx512(request.param)
-    cpu.use_vnni(request.param)
-    yield
-    cpu.use_avx512(True)
-    cpu.use_vnni(True)
-
-
 @pytest.mark.parametrize("int8", [False, True], ids=["fp16-exact", "int8"])
 def test_decode_kernel_matches_per_op_path_on_random_ragged_batches(int8, avx512):
     """Layer by layer on the same input. int8 linears quantise their input rows (W8A8), and the C attention and

@@ -11,15 +11,6 @@ from specdec.kernels import AttentionMetadata, cpu, paged_attention, paged_atten
 pytestmark = pytest.mark.skipif(not cpu.available(), reason="no AVX2/F16C CPU or no C compiler")
 
 
-@pytest.fixture(params=[True, False], ids=["avx512", "avx2"])
-def avx512(request):
-    if request.param and not cpu.use_avx512(True):
-        pytest.skip("no AVX-512 on this CPU")
-    cpu.use_avx512(request.param)
-    yield
-    cpu.use_avx512(True)
-
-
 @pytest.fixture
 def kernel_calls(monkeypatch):
     """How many sequences the C kernel served."""
