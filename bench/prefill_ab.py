@@ -12,14 +12,13 @@ import contextlib
 import copy
 import os
 import statistics
-import time
 from unittest import mock
 
 import torch
 import torch.nn.functional as F
 from rich.console import Console
 
-from specdec.bench import as_dict, fixed_request, machine, random_target, run_interleaved, write_json
+from specdec.bench import _one_unit, as_dict, fixed_request, machine, random_target, run_interleaved, write_json
 from specdec.engine import Engine, Request
 from specdec.kernels import attention
 from specdec.models import linear
@@ -38,17 +37,6 @@ gpt = random_target(args.shape)
 M = args.phones + args.prompt
 
 
-def median_s(f, n: int) -> float:
-    for _ in range(3):
-        f()
-    ts = []
-    for _ in range(n):
-        t = time.perf_counter()
-        f()
-        ts.append(time.perf_counter() - t)
-    return statistics.median(ts)
-
-
 matmuls = []
 block = gpt.layers[0]
 for name, lin in (("qkv", block.qkv), ("out", block.out), ("ffn_in", block.ffn_in), ("ffn_out", block.ffn_out)):
@@ -59,11 +47,10 @@ for name, lin in (("qkv", block.qkv), ("out", block.out), ("ffn_in", block.ffn_i
     ways = {"oneDNN fp32 (blocked)": lambda: torch.ops.mkldnn._linear_pointwise(x, blocked, b, "none", [], ""),
             "FBGEMM fp16 weights": lambda: torch.ops.quantized.linear_dynamic_fp16(x, fbgemm),
             "torch fp32": lambda: F.linear(x, w, b)}
+    t = run_interleaved({way: _one_unit(f) for way, f in ways.items()}, args.repeats, 3)
     macs = M * w.shape[0] * w.shape[1]
-    row = {"matmul": name, "M": M, "K": w.shape[1], "N": w.shape[0]}
-    for _ in range(2):  # alternate the ways twice; keep the faster sample of each
-        for way, f in ways.items():
-            row[way] = max(row.get(way, 0.0), macs / median_s(f, args.repeats) / 1e9)
+    row = {"matmul": name, "M": M, "K": w.shape[1], "N": w.shape[0],
+           **{way: macs / statistics.median(t[way].seconds) / 1e9 for way in ways}}
     matmuls.append(row)
     console.print(f"{name:8s} [{M}×{w.shape[1]}]·[{w.shape[1]}×{w.shape[0]}]: "
                   + ", ".join(f"{way} {row[way]:.0f}" for way in ways) + " GMAC/s")
