@@ -86,6 +86,8 @@ def _lib():
     lib.linear.argtypes, lib.linear.restype = [_p, _p, _p, _i, _i, _i, _p, _i, _p], None
     lib.decode_layers.argtypes = [_p, _i, _p, _i, _i, _i, _f, _p, _p, _p, _p, _i, _i, _i]
     lib.decode_layers.restype = None
+    lib.decode_step.argtypes = [_p, _i, _p, _p, _f, _p, _p, _p, _i, _i, _i, _f, _p, _p, _p, _p, _i, _i, _i, _p, _p]
+    lib.decode_step.restype = None
     lib.prefix_attention.argtypes = [_p, _i, _p, _p, _i, _i, _i, _p, _i, _i, _p, _p]
     lib.prefix_attention.restype = None
     lib.draft_loop.argtypes = [_p, _i, _p, _i, _p, _p, _p, _p, _p, _p, _p, _i, _i, _i, _p, _p, _p, _p, _p, _f,
@@ -218,6 +220,22 @@ class DecodeLayers:
                              slot_mapping.data_ptr(), row_seq.data_ptr(), row_keys.data_ptr(), block_table.data_ptr(),
                              block_table.shape[1], self.page_size, self.num_slots)
         return x
+
+    def step(self, tokens: torch.Tensor, positions: torch.Tensor, emb: torch.Tensor, pe: torch.Tensor, alpha: float,
+             slot_mapping: torch.Tensor, row_seq: torch.Tensor, row_keys: torch.Tensor, block_table: torch.Tensor,
+             head: _Packed | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Audio tokens [T] int64 at positions [T] int64 (rows of the sinusoid table pe [n, d]; emb [V, d] fp32)
+        through the blocks and, given, the head (`decode_step` in the C source) → (x [T, d], logits [T, N] or
+        None); the other arguments as for __call__."""
+        T = tokens.shape[0]
+        x = torch.empty(T, self.H * self.D)
+        logits = None if head is None else torch.empty(T, head.N)
+        _lib().decode_step(self.layers, len(self.layers), emb.data_ptr(), pe.data_ptr(), alpha, tokens.data_ptr(),
+                           positions.data_ptr(), x.data_ptr(), T, self.H, self.D, self.eps, slot_mapping.data_ptr(),
+                           row_seq.data_ptr(), row_keys.data_ptr(), block_table.data_ptr(), block_table.shape[1],
+                           self.page_size, self.num_slots, None if head is None else ctypes.addressof(head.lin),
+                           _ptr(logits))
+        return x, logits
 
 
 def prefix_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_table: torch.Tensor,

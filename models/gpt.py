@@ -126,7 +126,7 @@ class Blocks(nn.ModuleList):
     def forward(self, x: torch.Tensor, meta: AttentionMetadata, kv_cache, start: int = 0, end: int | None = None):
         """Blocks [start, end) on x [T, d]; kv_cache[i] = (k, v) pages of block i."""
         end = len(self) if end is None else end
-        run = self._cpu_decode(x, meta, kv_cache, start, end)
+        run = self._cpu_decode(x.shape[0], x, meta, kv_cache, start, end)
         if run is not None:
             return run(x, meta.slot_mapping, *meta.row_plan, meta.block_table)
         return self.per_op(x, meta, kv_cache, start, end)
@@ -137,12 +137,12 @@ class Blocks(nn.ModuleList):
             x = self[i].forward(x, meta, *kv_cache[i])
         return x
 
-    def _cpu_decode(self, x: torch.Tensor, meta: AttentionMetadata, kv_cache, start: int, end: int):
-        """The whole-block C kernel for these blocks (few new rows, all past the text prefix, on CPU, every matmul
-        packed for the CPU kernels), or None for the per-op path. Built once per (blocks, pages) and rebuilt when a
-        parameter is modified in place (its version counter moves); checking costs ~40 µs per v2 pass, a full
-        (version, storage) key ~100 µs."""
-        if (x.shape[0] > cpu.MAX_ROWS or not x.is_cpu or x.dtype != torch.float32 or meta.backend != "torch"
+    def _cpu_decode(self, rows: int, x: torch.Tensor, meta: AttentionMetadata, kv_cache, start: int, end: int):
+        """The whole-block C kernel for these blocks (few new rows, all past the text prefix, x — the rows or the
+        table they are embedded from — fp32 on CPU, every matmul packed for the CPU kernels), or None for the per-op
+        path. Built once per (blocks, pages) and rebuilt when a parameter is modified in place (its version counter
+        moves); checking costs ~40 µs per v2 pass, a full (version, storage) key ~100 µs."""
+        if (rows > cpu.MAX_ROWS or not x.is_cpu or x.dtype != torch.float32 or meta.backend != "torch"
                 or meta.row_plan is None):
             return None
         return self.cpu_plan(kv_cache, start, end)
@@ -242,6 +242,21 @@ class GPT(nn.Module):
         for layer in self.layers[:end_layer]:
             x = layer.forward_dense(x, mask)
         return x
+
+    def decode(self, tokens: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata,
+               kv_cache: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """A decode or verification pass: audio tokens [T] at audio positions [T] through every block and the head
+        → (hidden [T, d], logits [T, vocab]). On CPU one C call (embedding, blocks, head; `cpu.DecodeLayers.step`)
+        with the bits of embed_audio → forward → logits, which is the path elsewhere."""
+        emb = self.audio_embedding.weight
+        run = self.layers._cpu_decode(tokens.shape[0], emb, meta, kv_cache, 0, len(self.layers))
+        if run is None:
+            h = self.forward(self.embed_audio(tokens, positions), meta, kv_cache)
+            return h, self.logits(h)
+        head = self.head.cpu_pack()
+        h, logits = run.step(tokens, positions, emb, self.position_table(int(positions.max()) + 1),
+                             float(self.audio_alpha), meta.slot_mapping, *meta.row_plan, meta.block_table, head)
+        return h, self.logits(h) if logits is None else logits
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:
         return self.head(h)  # [N, d] → [N, vocab]

@@ -259,16 +259,16 @@ class Engine:
         meta = self.meta(seqs, query_lens, [s.table.num_tokens for s in seqs])
         start = proposals[0].start_layer
         if start:  # layerskip: the draft already ran the first layers for these very tokens
-            x = torch.cat([p.hidden for p in proposals])
+            hidden = self.target(torch.cat([p.hidden for p in proposals]), meta, self.target_kv, start_layer=start)
+            logits = self.target.logits(hidden)
         else:
             tokens, positions = [], []
             for s, p, ql in zip(seqs, proposals, query_lens):
                 tokens += [s.pending] + p.drafts
                 positions += [s.audio_position(s.pending_pos + i) for i in range(ql)]
-            x = self.target.embed_audio(torch.tensor(tokens, device=self.target.device),
-                                        torch.tensor(positions, device=self.target.device))
-        hidden = self.target(x, meta, self.target_kv, start_layer=start)  # [T, d]
-        logits = self.target.logits(hidden)  # [T, V]
+            hidden, logits = self.target.decode(torch.tensor(tokens, device=self.target.device),
+                                                torch.tensor(positions, device=self.target.device), meta,
+                                                self.target_kv)  # [T, d], [T, V]
         t_verify = time.perf_counter() - t
         for s in seqs:
             s.stats.draft_s += t_draft / len(seqs)

@@ -59,7 +59,7 @@ def test_decode_kernel_matches_per_op_path_on_random_ragged_batches(int8, avx512
         page_size = rng.choice([4, 12, 16, 64])  # 12: a page of one 8-key group and a tail
         (kv_fused, kv_ref), meta, x = _ragged_batch(gpt, rng, page_size)
         with torch.inference_mode():
-            assert gpt.layers._cpu_decode(x, meta, kv_fused, 0, gpt.cfg.n_layer) is not None
+            assert gpt.layers._cpu_decode(x.shape[0], x, meta, kv_fused, 0, gpt.cfg.n_layer) is not None
             for layer in range(gpt.cfg.n_layer):
                 got = gpt.layers(x, meta, kv_fused, layer, layer + 1)
                 ref = gpt.layers.per_op(x, meta, kv_ref, layer, layer + 1)
@@ -80,17 +80,17 @@ def test_decode_kernel_steps_aside_where_it_does_not_apply():
     kv = pool.new_kv(gpt.cfg.n_layer, gpt.cfg.n_head, gpt.cfg.head_dim)
     decode = AttentionMetadata([1], [20], [10], [[0, 1]], 16)
     with torch.inference_mode():
-        assert gpt.layers._cpu_decode(torch.randn(1, 64), decode, kv, 0, 3) is not None
-        assert gpt.layers._cpu_decode(torch.randn(1, 64), decode, kv, 1, 3) is not None  # a layer range (layerskip)
+        assert gpt.layers._cpu_decode(1, torch.randn(1, 64), decode, kv, 0, 3) is not None
+        assert gpt.layers._cpu_decode(1, torch.randn(1, 64), decode, kv, 1, 3) is not None  # a layer range (layerskip)
         prefill = AttentionMetadata([5], [5], [3], [[0]], 16)  # rows inside the text prefix: bidirectional
-        assert gpt.layers._cpu_decode(torch.randn(5, 64), prefill, kv, 0, 3) is None
+        assert gpt.layers._cpu_decode(5, torch.randn(5, 64), prefill, kv, 0, 3) is None
         many = AttentionMetadata([cpu.MAX_ROWS + 1], [40], [10], [[0, 1, 2]], 16)
-        assert gpt.layers._cpu_decode(torch.randn(cpu.MAX_ROWS + 1, 64), many, kv, 0, 3) is None
-        assert gpt.layers._cpu_decode(torch.randn(1, 64).double(), decode, kv, 0, 3) is None
-    assert gpt.layers._cpu_decode(torch.randn(1, 64), decode, kv, 0, 3) is None  # autograd recording: training
+        assert gpt.layers._cpu_decode(cpu.MAX_ROWS + 1, torch.randn(cpu.MAX_ROWS + 1, 64), many, kv, 0, 3) is None
+        assert gpt.layers._cpu_decode(1, torch.randn(1, 64).double(), decode, kv, 0, 3) is None
+    assert gpt.layers._cpu_decode(1, torch.randn(1, 64), decode, kv, 0, 3) is None  # autograd recording: training
     fp32 = _gpt(fp16=False)  # weights fp16 cannot hold exactly: no packed linears, the fp32 GEMM per op
     with torch.inference_mode():
-        assert fp32.layers._cpu_decode(torch.randn(1, 64), decode, kv, 0, 3) is None
+        assert fp32.layers._cpu_decode(1, torch.randn(1, 64), decode, kv, 0, 3) is None
 
 
 def _one_step_on_random_pages(gpt: GPT, block_table: list[int]):
@@ -101,6 +101,30 @@ def _one_step_on_random_pages(gpt: GPT, block_table: list[int]):
         for k, v in kv:
             k.normal_(), v.normal_()
     return kv, AttentionMetadata([1], [20], [10], [block_table], 16), torch.randn(1, gpt.cfg.d_model)
+
+
+@pytest.mark.parametrize("int8", [False, True], ids=["fp16-exact", "int8"])
+def test_a_decode_pass_in_one_call_has_the_bits_of_its_steps(int8):
+    """GPT.decode (embedding, blocks and head in one C call) against embed_audio → forward → logits, which take
+    the same blocks kernel: equal bits, K/V pages included, on ragged rows at scattered audio positions."""
+    rng = random.Random(3)
+    for trial in range(4):
+        gpt = _gpt(n_layer=2, d=64, h=4, seed=trial)
+        gpt = quantize_gpt(gpt) if int8 else gpt
+        with torch.no_grad():
+            gpt.audio_alpha.fill_(0.7 + 0.1 * trial)  # a product that rounds
+        (kv_one, kv_steps), meta, x = _ragged_batch(gpt, rng, rng.choice([4, 16]))
+        tokens = torch.randint(0, gpt.cfg.vocab_size, (x.shape[0],))
+        positions = torch.randint(0, 300, (x.shape[0],))
+        with torch.inference_mode():
+            assert gpt.layers._cpu_decode(x.shape[0], x, meta, kv_one, 0, gpt.cfg.n_layer) is not None
+            h, logits = gpt.decode(tokens, positions, meta, kv_one)
+            h_ref = gpt(gpt.embed_audio(tokens, positions), meta, kv_steps)
+            assert torch.equal(h, h_ref) and torch.equal(logits, gpt.logits(h_ref))
+        slots = meta.slot_mapping
+        for (k1, v1), (k2, v2) in zip(kv_one, kv_steps):
+            assert torch.equal(k1.flatten(0, 1)[slots], k2.flatten(0, 1)[slots])
+            assert torch.equal(v1.flatten(0, 1)[slots], v2.flatten(0, 1)[slots])
 
 
 def test_decode_kernel_follows_in_place_weight_updates():

@@ -2,10 +2,13 @@
 
 Same weights (saved as an upstream .ckpt and loaded by specdec.load_gpt) → per-step logits within 1e-4 and
 identical tokens, greedy and sampled (same seed: specdec draws its exponential noise exactly as upstream does)."""
+from unittest import mock
+
 import pytest
 import torch
 
 import specdec
+from specdec.engine import Engine
 from upstream import make_upstream_gpt, save_upstream_ckpt, upstream_generate
 
 CONFIGS = [  # (n_layer, d_model, n_head, phoneme_vocab, with_prompt, ckpt dtype, bert, eos_bias)
@@ -32,9 +35,13 @@ def _run_both(tmp_path, n_layer, d, h, pv, with_prompt, dtype, with_bert, eos_bi
     ref_tokens, ref_logits = upstream_generate(up, phones, prompt, bert, top_k=top_k, early_stop_num=steps - 1,
                                                seed=seed)
     logits = []
-    hook = gpt.head.register_forward_hook(lambda m, i, o: logits.append(o.detach().clone()))
-    out = specdec.generate(gpt, phones, prompt, bert, top_k=top_k, seed=seed, max_new_tokens=steps)
-    hook.remove()
+    accept = Engine._accept
+
+    def recording(self, seqs, lg, proposals):  # the logits every sampling step sees
+        logits.append(lg.detach().clone())
+        return accept(self, seqs, lg, proposals)
+    with mock.patch.object(Engine, "_accept", recording):
+        out = specdec.generate(gpt, phones, prompt, bert, top_k=top_k, seed=seed, max_new_tokens=steps)
     return ref_tokens, ref_logits, out.tokens, torch.cat(logits)
 
 
