@@ -1125,30 +1125,38 @@ int accept_round(const float *logits, int64_t V, int64_t B, const int64_t *start
 /* Draft up to kmax[b] tokens for each of B sequences in one call: feed rows through the draft's blocks, warp the
    newest row's logits, sample (the exponential race argmax p / E against the caller's noise), feed the sample, repeat.
 
-   Step 0 runs the caller's rows x0 [T0, d] (catch-up: the tokens the draft has not seen, ending with the pending
-   one) with their slots, sequences and key counts; last0[b] is sequence b's newest row in x0, at absolute position
-   pos[b] and audio position apos[b]. Drafted token j of sequence b is fed at position pos[b] + 1 + j (its slot
+   Step 0 feeds the caller's T0 rows (catch-up: the tokens the draft has not seen, ending with the pending one):
+   rows0 [3, T0] holds each row's token, absolute position and sequence, and with EAGLE's fc h0 [T0, d] the hidden
+   state before each (the row fed is fc([h ; e]), e the token's embedding); last0[b] is sequence b's newest row, at
+   absolute position pos[b] and audio position apos[b]. Drafted token j of sequence b is fed at position pos[b] + 1 + j (its slot
    from block_table). A sequence stops after kmax[b] drafts, at EOS (the last token id), or when the drawn token's
    probability is below `threshold`. EOS is banned at draft j while j < ban[b]. seen [B, V] (the repetition-penalty
    set) gains each draft. With `handoff`, hidden [B, K+1, d] receives the block output of every fed row, the last
    draft included (one more pass): a verifier resumes from them. Out: tokens [B, K], q [B, K, V] (the distribution
    each token was drawn from), n_out[b] drafts. noise [B, K, V] > 0. */
-void draft_loop(const Draft *m, int64_t B, const float *x0, int64_t T0, const int64_t *slot0, const int32_t *seq0,
-                const int32_t *keys0, const int64_t *last0, const int64_t *pos, const int64_t *apos,
+void draft_loop(const Draft *m, int64_t B, const int64_t *rows0, const float *h0, int64_t T0, const int64_t *last0, const int64_t *pos, const int64_t *apos,
                 const int32_t *block_table, int64_t W, int64_t page_size, int64_t num_slots, const int64_t *kmax,
                 const int64_t *ban, const Sampling *sp, uint8_t *seen, const float *noise, float threshold,
                 int handoff, int64_t K, int64_t *tokens, float *q, float *hidden, int64_t *n_out) {
     int64_t d = m->H * m->D, V = m->V, rows = T0 > B ? T0 : B;
-    float *x = malloc(sizeof(float) * rows * d), *hat = malloc(sizeof(float) * B * 2 * d);
+    float *x = malloc(sizeof(float) * rows * d), *hat = malloc(sizeof(float) * rows * 2 * d);
     float *cat = malloc(sizeof(float) * B * 2 * d), *logits = malloc(sizeof(float) * B * V);
     int64_t *slot = malloc(sizeof(int64_t) * rows), *row_of = malloc(sizeof(int64_t) * B);
     int32_t *seq = malloc(sizeof(int32_t) * rows), *keys = malloc(sizeof(int32_t) * rows);
     int64_t *live = malloc(sizeof(int64_t) * B), *tail = malloc(sizeof(int64_t) * B);
     Ranked *scratch = malloc(sizeof(Ranked) * V);
-    memcpy(x, x0, sizeof(float) * T0 * d);
-    memcpy(slot, slot0, sizeof(int64_t) * T0);
-    memcpy(seq, seq0, sizeof(int32_t) * T0);
-    memcpy(keys, keys0, sizeof(int32_t) * T0);
+    for (int64_t r = 0; r < T0; r++) {
+        int64_t p = rows0[T0 + r], b = rows0[2 * T0 + r], a = p - pos[b] + apos[b];
+        seq[r] = (int32_t)b;
+        keys[r] = (int32_t)(p + 1);
+        slot[r] = (int64_t)block_table[b * W + p / page_size] * page_size + p % page_size;
+        embed_rows(m->emb, m->pe, m->alpha, rows0 + r, &a, 1, d, m->fc ? hat + r * 2 * d + d : x + r * d);
+        if (m->fc) memcpy(hat + r * 2 * d, h0 + r * d, sizeof(float) * d);
+    }
+    if (m->fc) {
+#pragma omp parallel
+        lin_rows(m->fc, hat, T0, x, 0);
+    }
     int64_t T = T0, n_live = 0, n_tail = 0;
     for (int64_t b = 0; b < B; b++) {
         n_out[b] = 0;

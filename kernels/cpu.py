@@ -90,7 +90,7 @@ def _lib():
     lib.decode_step.restype = None
     lib.prefix_attention.argtypes = [_p, _i, _p, _p, _i, _i, _i, _p, _i, _i, _p, _p]
     lib.prefix_attention.restype = None
-    lib.draft_loop.argtypes = [_p, _i, _p, _i, _p, _p, _p, _p, _p, _p, _p, _i, _i, _i, _p, _p, _p, _p, _p, _f,
+    lib.draft_loop.argtypes = [_p, _i, _p, _p, _i, _p, _p, _p, _p, _i, _i, _i, _p, _p, _p, _p, _p, _f,
                                ctypes.c_int, _i, _p, _p, _p, _p]
     lib.draft_loop.restype = None
     lib.accept_round.argtypes = [_p, _i, _i, _p, _p, _p, _p, _p, _p, _p, _i, _p, _p]
@@ -288,17 +288,17 @@ class DraftLoop:
         self.model = _Draft(ctypes.cast(layers.layers, _p), len(layers.layers), layers.H, layers.D, layers.eps,
                             None if fc is None else ctypes.addressof(fc.lin), ctypes.addressof(head.lin))
 
-    def __call__(self, x0: torch.Tensor, slot_mapping: torch.Tensor, row_seq: torch.Tensor, row_keys: torch.Tensor,
-                 per_seq: torch.Tensor, block_table: torch.Tensor, emb: torch.Tensor, pe: torch.Tensor, alpha: float,
-                 params: list, seen: torch.Tensor, noise: torch.Tensor, threshold: float, handoff: bool):
-        """x0 [T0, d] the first pass's rows with their slot_mapping [T0] int64, row_seq / row_keys [T0] int32;
-        per_seq [5, B] int64 rows, per sequence: its last row in x0, that row's position and audio position, the
-        drafts it may make, the drafts during which EOS is banned; block_table [B, W] int32 (covering every drafted
-        position), params (SamplingParams per sequence), seen [B, V] bool (updated in place), noise [B, K, V] > 0;
-        emb [V, d], pe [n, d] and alpha embed a drafted token.
+    def __call__(self, rows0: torch.Tensor, h0: torch.Tensor | None, per_seq: torch.Tensor, block_table: torch.Tensor,
+                 emb: torch.Tensor, pe: torch.Tensor, alpha: float, params: list, seen: torch.Tensor,
+                 noise: torch.Tensor, threshold: float, handoff: bool):
+        """rows0 [3, T0] int64: the first pass's tokens, their absolute positions and sequences; h0 [T0, d] the
+        hidden states the fc takes beside them (EAGLE; else None); per_seq [5, B] int64 rows, per sequence: its last
+        row in rows0, that row's position and audio position, the drafts it may make, the drafts during which EOS is
+        banned; block_table [B, W] int32 (covering every fed position), params (SamplingParams per sequence), seen
+        [B, V] bool (updated in place), noise [B, K, V] > 0; emb [V, d], pe [n, d] and alpha embed every fed token.
         → tokens [B, K] int64, q [B, K, V], hidden [B, K+1, d] (with handoff, else None), n [B] int64 drafts made."""
         B, K, V = noise.shape
-        d = x0.shape[1]
+        d = emb.shape[1]
         m = self.model
         m.emb, m.pe, m.alpha, m.V = emb.data_ptr(), pe.data_ptr(), alpha, V
         sp = sampling_structs(params)
@@ -306,8 +306,8 @@ class DraftLoop:
         q = torch.zeros(B, K, V)
         hidden = torch.empty(B, K + 1, d) if handoff else None
         n = torch.empty(B, dtype=torch.long)
-        _lib().draft_loop(ctypes.addressof(m), B, x0.data_ptr(), x0.shape[0], slot_mapping.data_ptr(),
-                          row_seq.data_ptr(), row_keys.data_ptr(), *(per_seq[i].data_ptr() for i in range(3)),
+        _lib().draft_loop(ctypes.addressof(m), B, rows0.data_ptr(), _ptr(h0), rows0.shape[1],
+                          *(per_seq[i].data_ptr() for i in range(3)),
                           block_table.data_ptr(), block_table.shape[1], self.layers.page_size, self.layers.num_slots,
                           per_seq[3].data_ptr(), per_seq[4].data_ptr(), ctypes.addressof(sp), seen.data_ptr(),
                           noise.data_ptr(),

@@ -96,11 +96,22 @@ class _ModelDrafter(Drafter):
     kv: list
     _fused: tuple | None = None  # (kernel plan, head pack, fc pack, cpu.DraftLoop)
 
+    def _rows(self, seqs: list["Sequence"], feeds: list[list[int]]
+              ) -> tuple[list[int], list[int], torch.Tensor | None, list[int]]:
+        """The rows that feed `feeds` (each ending at its sequence's newest position): their tokens, sequence
+        positions, EAGLE's preceding hidden states [T, d] (None for other drafts) and rows per sequence; advances
+        each sequence's draft state past them."""
+        raise NotImplementedError
+
     def _inputs(self, engine: "Engine", seqs: list["Sequence"], feeds: list[list[int]]
                 ) -> tuple[torch.Tensor, AttentionMetadata, list[int]]:
-        """The draft blocks' input rows [T, d] for feeding `feeds` (each ending at its sequence's newest position),
-        their metadata and rows per sequence; advances each sequence's draft state past them."""
-        raise NotImplementedError
+        """The draft blocks' input rows [T, d] for `feeds` (see _rows), their metadata and rows per sequence."""
+        tokens, positions, h_prev, lens = self._rows(seqs, feeds)
+        audio = [s.audio_position(p) for s, n, e in zip(seqs, lens, accumulate(lens)) for p in positions[e - n:e]]
+        x = self.embedder.embed_audio(torch.tensor(tokens), torch.tensor(audio))
+        if h_prev is not None:
+            x = self.fc(torch.cat([h_prev, x], dim=-1))
+        return x, engine.meta(seqs, lens, [positions[e - 1] + 1 for e in accumulate(lens)]), lens
 
     def _fed(self, seqs: list["Sequence"], last: torch.Tensor) -> None:
         """After a torch-loop step: each sequence's newest block output, last [B, d]."""
@@ -165,7 +176,8 @@ class _ModelDrafter(Drafter):
         if not run:
             return drafts, qs
         rs = [s for s, _ in run]
-        x0, meta, lens = self._inputs(engine, rs, [self._catch_up(s) for s in rs])
+        tokens0, positions0, h0, lens = self._rows(rs, [self._catch_up(s) for s in rs])
+        rows0 = torch.tensor([tokens0, positions0, [b for b, n in enumerate(lens) for _ in range(n)]])
         V, K = engine.target.cfg.vocab_size, max(1, max(k for _, k in run))
         apos = [s.audio_position(s.pending_pos) for s in rs]
         emb = self.embedder
@@ -180,10 +192,9 @@ class _ModelDrafter(Drafter):
         per_seq = torch.tensor([[n - 1 for n in accumulate(lens)], [s.pending_pos for s in rs], apos,
                                 [k for _, k in run], [max(0, MIN_STEPS_BEFORE_EOS - len(s.generated)) for s in rs]])
         threshold = -1.0 if engine.draft_threshold is None else engine.draft_threshold
-        tokens, q, hidden, n = loop(x0.contiguous(), meta.slot_mapping, *meta.row_plan, per_seq, block_table,
-                                    emb.audio_embedding.weight, pe, float(emb.audio_alpha),
-                                    [s.draft_params for s in rs], torch.stack([s.seen for s in rs]), noise,
-                                    threshold, self.handoff)
+        tokens, q, hidden, n = loop(rows0, h0, per_seq, block_table, emb.audio_embedding.weight, pe,
+                                    float(emb.audio_alpha), [s.draft_params for s in rs],
+                                    torch.stack([s.seen for s in rs]), noise, threshold, self.handoff)
         for i, (s, t, m) in enumerate(zip(rs, tokens.tolist(), n.tolist())):
             drafts[id(s)] = t[:m]
             qs[id(s)] = q[i, :m] if m else None
@@ -224,16 +235,13 @@ class GPTDrafter(_ModelDrafter):
             parts.append(x)
         self.model(torch.cat(parts), meta, self.kv)
 
-    def _inputs(self, engine, seqs, feeds):
+    def _rows(self, seqs, feeds):
         lens = [len(f) for f in feeds]
         ends = [s.draft_len + n for s, n in zip(seqs, lens)]
-        tokens = [t for f in feeds for t in f]
-        positions = [s.audio_position(p) for s, e, n in zip(seqs, ends, lens) for p in range(e - n, e)]
-        x = self.model.embed_audio(torch.tensor(tokens), torch.tensor(positions))
-        meta = engine.meta(seqs, lens, ends)
+        positions = [p for e, n in zip(ends, lens) for p in range(e - n, e)]
         for s, e in zip(seqs, ends):
             self._advance(s, e)
-        return x, meta, lens
+        return [t for f in feeds for t in f], positions, None, lens
 
     def propose(self, engine, seqs, ks):
         drafts, qs = self._draft(engine, seqs, ks)
@@ -257,15 +265,12 @@ class SharedPagesDrafter(_ModelDrafter):
     def bind(self, pool, target_kv):
         self.kv = target_kv  # the very pages of the target's first N layers
 
-    def _inputs(self, engine, seqs, feeds):
+    def _rows(self, seqs, feeds):
         # always one token per sequence: the draft's K/V never lags the target's (they are the same pages)
-        ends = [s.draft_len + 1 for s in seqs]
-        x = self.model.embed_audio(torch.tensor([f[-1] for f in feeds]),
-                                   torch.tensor([s.audio_position(e - 1) for s, e in zip(seqs, ends)]))
-        meta = engine.meta(seqs, [1] * len(seqs), ends)
-        for s, e in zip(seqs, ends):
-            self._advance(s, e)
-        return x, meta, [1] * len(seqs)
+        positions = [s.draft_len for s in seqs]
+        for s, p in zip(seqs, positions):
+            self._advance(s, p + 1)
+        return [f[-1] for f in feeds], positions, None, [1] * len(seqs)
 
     def _fed(self, seqs, last):
         if self.handoff:
@@ -326,22 +331,15 @@ class EagleDrafter(_ModelDrafter):
                 store[L + i] = hidden[q0 + i]
             q0 += ql
 
-    def _inputs(self, engine, seqs, feeds):
-        h_prev, tokens, positions, lens, ends = [], [], [], [], []
+    def _rows(self, seqs, feeds):
+        h_prev, positions = [], []
         for s, f in zip(seqs, feeds):
             p0, store = self._next[id(s)], self._h[id(s)]
-            for j, tok in enumerate(f):
-                t = p0 + j
+            for t in range(p0, p0 + len(f)):
                 h_prev.append(store[t - 1] if t - 1 in store else self._hat[id(s)][0])
-                tokens.append(tok)
-                positions.append(s.audio_position(t))
-            lens.append(len(f))
-            ends.append(p0 + len(f))
-        x_emb = self.target.embed_audio(torch.tensor(tokens), torch.tensor(positions))
-        meta = engine.meta(seqs, lens, ends)
-        for s, e in zip(seqs, ends):
-            self._advance(s, e)
-        return self.model.fc(torch.cat([torch.stack(h_prev), x_emb], dim=-1)), meta, lens
+                positions.append(t)
+            self._advance(s, p0 + len(f))
+        return [t for f in feeds for t in f], positions, torch.stack(h_prev), [len(f) for f in feeds]
 
     def _advance(self, s, end):
         self._next[id(s)] = end
