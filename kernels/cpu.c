@@ -1075,8 +1075,8 @@ static int64_t race(const float *w, const float *e, int64_t n) {
 
 /* The speculative accept step of one round for B sequences (specdec.sampling.accept, with the target's rows warped
    here as specdec.sampling.warp does): sequence b owns rows start[b] .. start[b+1]-1 of logits [N, V] (the pending
-   token's row, then one per draft); drafts[r] is the draft at row r (the sequence's last row has none), q [N, V]
-   the distribution it came from, u[r] its uniform; noise [B, V] the race's exponentials (a banned position reads
+   token's row, then one per draft) and the drafts start[b] - b .. start[b+1] - b - 2 of drafts [N - B], q [N - B, V]
+   (the distribution each came from) and u [N - B] (its uniform); noise [B, V] the race's exponentials (a banned position reads
    the first V-1). seen [B, V] is the history before the round, n_gen[b] the tokens emitted before it (EOS is
    banned at position i while n_gen + i < min_steps). Out [B, 3]: drafts accepted, the token drawn at the first
    unaccepted position, the position generation stopped at or -1 (the triton accept's encoding). Returns 1 if a
@@ -1089,16 +1089,16 @@ int accept_round(const float *logits, int64_t V, int64_t B, const int64_t *start
     Ranked *scratch = malloc(sizeof(Ranked) * V);
     int broken = 0;
     for (int64_t b = 0; b < B; b++) {
-        int64_t r0 = start[b], k = start[b + 1] - r0 - 1, n = 0, token = -1, stop = -1;
+        int64_t r0 = start[b], k = start[b + 1] - r0 - 1, j0 = r0 - b, n = 0, token = -1, stop = -1;
         memcpy(hist, seen + b * V, V);
         for (int64_t i = 0; i <= k; i++) {
-            const float *qi = q + (r0 + i) * V;
+            const float *qi = q + (j0 + i) * V;
             if (i < k)
                 for (int64_t v = 0; v < V; v++) broken |= !isfinite(qi[v]);
             int ban = n_gen[b] + i < min_steps;
             int eos_top = warp_row(logits + (r0 + i) * V, hist, V, ban, sp + b, p, scratch);
-            int64_t d = i < k ? drafts[r0 + i] : -1, t;
-            int ok = i < k && u[r0 + i] * qi[d] < p[d];
+            int64_t d = i < k ? drafts[j0 + i] : -1, t;
+            int ok = i < k && u[j0 + i] * qi[d] < p[d];
             if (ok) t = d;
             else {
                 if (i < k)

@@ -263,19 +263,27 @@ def sampling_structs(params: list) -> ctypes.Array:
                                        for p in params])
 
 
-def accept_round(logits: torch.Tensor, start: torch.Tensor, drafts: torch.Tensor, q: torch.Tensor, u: torch.Tensor,
-                 noise: torch.Tensor, seen: torch.Tensor, n_gen: torch.Tensor, min_steps: int, params: list
+def accept_round(logits: torch.Tensor, start: list[int], drafts: list[int], q: torch.Tensor, u: torch.Tensor,
+                 noise: torch.Tensor, seen: torch.Tensor, n_gen: list[int], min_steps: int, params: list
                  ) -> tuple[torch.Tensor, bool]:
-    """One round's accept step in C (see `accept_round` in the C source): logits [N, V] fp32, start [B+1], drafts
-    [N], n_gen [B] int64, q [N, V], u [N], noise [B, V] fp32, seen [B, V] bool, params: SamplingParams per sequence
+    """One round's accept step in C (see `accept_round` in the C source): logits [N, V] fp32, start [B+1] (the
+    sequences' first rows), drafts [N - B] (each sequence's drafts in turn), q [N - B, V] and u [N - B] fp32 (per
+    draft), noise [B, V] fp32, seen [B, V] bool, n_gen [B], params: SamplingParams per sequence
     → ([B, 3] int64: accepted, token, stop position or -1; whether a draft row was non-finite)."""
     B, V = noise.shape
+    ints = torch.tensor(start + drafts + n_gen)  # one tensor for the three lists: a round is short
+    at = functools.partial(_offset, ints)
     out = torch.empty(B, 3, dtype=torch.long)
     sp = sampling_structs(params)  # held: the C call reads it
-    broken = _lib().accept_round(logits.data_ptr(), V, B, start.data_ptr(), drafts.data_ptr(), q.data_ptr(),
-                                 u.data_ptr(), noise.data_ptr(), seen.data_ptr(), n_gen.data_ptr(), min_steps,
+    broken = _lib().accept_round(logits.data_ptr(), V, B, at(0), at(B + 1), q.data_ptr(), u.data_ptr(),
+                                 noise.data_ptr(), seen.data_ptr(), at(B + 1 + len(drafts)), min_steps,
                                  ctypes.addressof(sp), out.data_ptr())
     return out, bool(broken)
+
+
+def _offset(t: torch.Tensor, i: int) -> int:
+    """The address of t's i-th element (t contiguous)."""
+    return t.data_ptr() + i * t.element_size()
 
 
 class DraftLoop:

@@ -331,19 +331,17 @@ class Engine:
         0.20 ms (most of what is left is building its inputs)."""
         V = logits.shape[-1]
         drafts = [p.drafts for p in proposals]
-        start = [0] + list(accumulate(len(d) + 1 for d in drafts))
-        q = torch.zeros(start[-1], V)
-        u = torch.zeros(start[-1])
-        noise = torch.ones(len(seqs), V)
-        for i, (s, p, d) in enumerate(zip(seqs, proposals, drafts)):
-            u_s, e = round_noise(len(d), len(s.generated) < MIN_STEPS_BEFORE_EOS, V, s.generator)
+        us, noise = [], torch.ones(len(seqs), V)
+        for i, (s, d) in enumerate(zip(seqs, drafts)):
+            u, e = round_noise(len(d), len(s.generated) < MIN_STEPS_BEFORE_EOS, V, s.generator)
             noise[i, :e.shape[0]] = e
-            if d:
-                q[start[i]:start[i] + len(d)] = p.q
-                u[start[i]:start[i] + len(d)] = u_s
-        out, broken = cpu.accept_round(logits.contiguous(), torch.tensor(start), torch.tensor(
-            [t for d in drafts for t in d + [-1]]), q, u, noise, torch.stack([s.seen for s in seqs]),
-            torch.tensor([len(s.generated) for s in seqs]), MIN_STEPS_BEFORE_EOS, [s.request.params for s in seqs])
+            us.append(u)
+        qs = [p.q for p in proposals if p.drafts]  # [n_drafts, V] in all
+        q = (qs[0] if len(qs) == 1 else torch.cat(qs) if qs else torch.empty(0, V)).float().contiguous()
+        out, broken = cpu.accept_round(logits.contiguous(), [0] + list(accumulate(len(d) + 1 for d in drafts)),
+                                       sum(drafts, []), q, torch.cat(us), noise, torch.stack([s.seen for s in seqs]),
+                                       [len(s.generated) for s in seqs], MIN_STEPS_BEFORE_EOS,
+                                       [s.request.params for s in seqs])
         if broken:
             raise RuntimeError("the draft returned non-finite probabilities (a broken draft model?)")
         return [Verdict.decode(d, *row) for d, row in zip(drafts, out.tolist())]
