@@ -11,6 +11,8 @@
    `decode_layers`: whole post-norm blocks (qkv, K/V store into the paged cache, attention, out, residual+LayerNorm,
    ReLU FFN, residual+LayerNorm) for every layer in one call and one OpenMP parallel region, so a decode step pays
    no Python, no dispatcher and no thread start-up per op: threads meet at one barrier per stage instead.
+   `decode_step` wraps it from token ids to logits (audio embedding, blocks, head); `draft_loop` runs a draft's
+   whole round of proposals.
 
    OpenMP threads are torch's: the loader resolves libgomp.so.1 to the copy torch already loaded. */
 #include <immintrin.h>

@@ -1,6 +1,7 @@
 """CPU kernels on x86 (kernels/cpu.c), built on first use: for few rows the exact fp16-weight linear, the W8A8
-int8 linear (lossy; specdec.models.int8; AVX-512 VNNI where the CPU has it, else AVX2, bit-identical) and whole
-decode blocks over the paged cache (`DecodeLayers`); for many rows of the int8 linear (the eco target's prefill), an
+int8 linear (lossy; specdec.models.int8; AVX-512 VNNI where the CPU has it, else AVX2, bit-identical), whole
+decode blocks over the paged cache (`DecodeLayers`, also from token ids to logits), a draft's drafting round
+(`DraftLoop`) and the accept step (`accept_round`); for many rows of the int8 linear (the eco target's prefill), an
 AMX-INT8 kernel where the CPU has AMX (`AmxInt8`).
 
 The C source is compiled once per machine with the system C compiler (`$CC`, else `cc`) into
