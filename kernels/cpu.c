@@ -1078,10 +1078,10 @@ static int64_t race(const float *w, const float *e, int64_t n) {
 /* The speculative accept step of one round for B sequences (specdec.sampling.accept, with the target's rows warped
    here as specdec.sampling.warp does): sequence b owns rows start[b] .. start[b+1]-1 of logits [N, V] (the pending
    token's row, then one per draft) and the drafts start[b] - b .. start[b+1] - b - 2 of drafts [N - B], q [N - B, V]
-   (the distribution each came from) and u [N - B] (its uniform); noise [B, V] the race's exponentials (a banned position reads
-   the first V-1). seen [B, V] is the history before the round, n_gen[b] the tokens emitted before it (EOS is
-   banned at position i while n_gen + i < min_steps). Out [B, 3]: drafts accepted, the token drawn at the first
-   unaccepted position, the position generation stopped at or -1 (the triton accept's encoding). Returns 1 if a
+   (the distribution each came from) and u [N - B] (its uniform); noise [B, V] the race's exponentials (a banned
+   position reads the first V-1). seen [B, V] is the history before the round, n_gen[b] the tokens emitted before it
+   (EOS is banned at position i while n_gen + i < min_steps). Out [B, 3]: drafts accepted, the token drawn at the
+   first unaccepted position, the position generation stopped at or -1 (the triton accept's encoding). Returns 1 if a
    draft row holds a non-finite probability (a broken draft), else 0. */
 int accept_round(const float *logits, int64_t V, int64_t B, const int64_t *start, const int64_t *drafts,
                  const float *q, const float *u, const float *noise, const uint8_t *seen, const int64_t *n_gen,
@@ -1125,21 +1125,23 @@ int accept_round(const float *logits, int64_t V, int64_t B, const int64_t *start
 }
 
 /* Draft up to kmax[b] tokens for each of B sequences in one call: feed rows through the draft's blocks, warp the
-   newest row's logits, sample (the exponential race argmax p / E against the caller's noise), feed the sample, repeat.
+   newest row's logits, sample (the exponential race argmax p / E against the caller's noise), feed the sample,
+   repeat.
 
    Step 0 feeds the caller's T0 rows (catch-up: the tokens the draft has not seen, ending with the pending one):
    rows0 [3, T0] holds each row's token, absolute position and sequence, and with EAGLE's fc h0 [T0, d] the hidden
    state before each (the row fed is fc([h ; e]), e the token's embedding); last0[b] is sequence b's newest row, at
-   absolute position pos[b] and audio position apos[b]. Drafted token j of sequence b is fed at position pos[b] + 1 + j (its slot
-   from block_table). A sequence stops after kmax[b] drafts, at EOS (the last token id), or when the drawn token's
-   probability is below `threshold`. EOS is banned at draft j while j < ban[b]. seen [B, V] (the repetition-penalty
-   set) gains each draft. With `handoff`, hidden [B, K+1, d] receives the block output of every fed row, the last
-   draft included (one more pass): a verifier resumes from them. Out: tokens [B, K], q [B, K, V] (the distribution
-   each token was drawn from), n_out[b] drafts. noise [B, K, V] > 0. */
-void draft_loop(const Draft *m, int64_t B, const int64_t *rows0, const float *h0, int64_t T0, const int64_t *last0, const int64_t *pos, const int64_t *apos,
-                const int32_t *block_table, int64_t W, int64_t page_size, int64_t num_slots, const int64_t *kmax,
-                const int64_t *ban, const Sampling *sp, uint8_t *seen, const float *noise, float threshold,
-                int handoff, int64_t K, int64_t *tokens, float *q, float *hidden, int64_t *n_out) {
+   absolute position pos[b] and audio position apos[b]. Drafted token j of sequence b is fed at position pos[b] + 1 +
+   j (its slot from block_table). A sequence stops after kmax[b] drafts, at EOS (the last token id), or when the
+   drawn token's probability is below `threshold`. EOS is banned at draft j while j < ban[b]. seen [B, V] (the
+   repetition-penalty set) gains each draft. With `handoff`, hidden [B, K+1, d] receives the block output of every
+   fed row, the last draft included (one more pass): a verifier resumes from them. Out: tokens [B, K], q [B, K, V]
+   (the distribution each token was drawn from), n_out[b] drafts. noise [B, K, V] > 0. */
+void draft_loop(const Draft *m, int64_t B, const int64_t *rows0, const float *h0, int64_t T0, const int64_t *last0,
+                const int64_t *pos, const int64_t *apos, const int32_t *block_table, int64_t W, int64_t page_size,
+                int64_t num_slots, const int64_t *kmax, const int64_t *ban, const Sampling *sp, uint8_t *seen,
+                const float *noise, float threshold, int handoff, int64_t K, int64_t *tokens, float *q, float *hidden,
+                int64_t *n_out) {
     int64_t d = m->H * m->D, V = m->V, rows = T0 > B ? T0 : B;
     float *x = malloc(sizeof(float) * rows * d), *hat = malloc(sizeof(float) * rows * 2 * d);
     float *cat = malloc(sizeof(float) * B * 2 * d), *logits = malloc(sizeof(float) * B * V);
