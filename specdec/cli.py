@@ -22,7 +22,7 @@ MODES = {  # presets; explicit options override them, and a bundle's generation.
     # speculation + streaming (+ the bundle's fast decoder). A model set without a bundled draft drafts with an int8
     # copy of its GPT: exact, no file to train; k = 6 was its fastest on the first trained v2 target (1.66x AR against
     # 1.37x at k = 4 and 1.51x at k = 8, bench/results/gpt_v2_lost/bench_gpt_v2.md); on the rebuilt one every k from
-    # 2 to 8 gave 1.33-1.46x (k = 6: 1.35x, bench/results/bench_gpt_v2.md)
+    # 2 to 8 gave 1.33-1.46x (k = 6: 1.35x, bench/results/gpt_v2_1613/bench_gpt_v2.md)
     "fast": dict(draft="bundle", stream=True, unbundled="int8", unbundled_k=6),
     # fast + the GPT's block matmuls in int8: LOSSY, tokens follow an approximation of the model (labelled as such)
     "eco": dict(draft="bundle", stream=True, quantize=True, unbundled="none"),
