@@ -1124,6 +1124,14 @@ int accept_round(const float *logits, int64_t V, int64_t B, const int64_t *start
     return broken;
 }
 
+/* Row r of a draft pass is sequence b's token at absolute position p: it is stored in p's slot and sees p + 1 keys. */
+static inline void place_row(int64_t r, int64_t b, int64_t p, const int32_t *block_table, int64_t W,
+                             int64_t page_size, int32_t *seq, int32_t *keys, int64_t *slot) {
+    seq[r] = (int32_t)b;
+    keys[r] = (int32_t)(p + 1);
+    slot[r] = (int64_t)block_table[b * W + p / page_size] * page_size + p % page_size;
+}
+
 /* Draft up to kmax[b] tokens for each of B sequences in one call: feed rows through the draft's blocks, warp the
    newest row's logits, sample (the exponential race argmax p / E against the caller's noise), feed the sample,
    repeat.
@@ -1151,15 +1159,9 @@ void draft_loop(const Draft *m, int64_t B, const int64_t *rows0, const float *h0
     Ranked *scratch = malloc(sizeof(Ranked) * V);
     for (int64_t r = 0; r < T0; r++) {
         int64_t p = rows0[T0 + r], b = rows0[2 * T0 + r], a = p - pos[b] + apos[b];
-        seq[r] = (int32_t)b;
-        keys[r] = (int32_t)(p + 1);
-        slot[r] = (int64_t)block_table[b * W + p / page_size] * page_size + p % page_size;
+        place_row(r, b, p, block_table, W, page_size, seq, keys, slot);
         embed_rows(m->emb, m->pe, m->alpha, rows0 + r, &a, 1, d, m->fc ? hat + r * 2 * d + d : x + r * d);
         if (m->fc) memcpy(hat + r * 2 * d, h0 + r * d, sizeof(float) * d);
-    }
-    if (m->fc) {
-#pragma omp parallel
-        lin_rows(m->fc, hat, T0, x, 0);
     }
     int64_t T = T0, n_live = 0, n_tail = 0;
     for (int64_t b = 0; b < B; b++) {
@@ -1169,6 +1171,10 @@ void draft_loop(const Draft *m, int64_t B, const int64_t *rows0, const float *h0
         else if (handoff) tail[n_tail++] = b; /* no drafts: the pending token's pass only */
     }
     for (int64_t j = 0; T > 0; j++) {
+        if (m->fc) { /* EAGLE: the pass's rows are fc([h ; e]) of what was gathered in hat */
+#pragma omp parallel
+            lin_rows(m->fc, hat, T, x, 0);
+        }
         decode_layers(m->layers, m->n_layer, x, T, m->H, m->D, m->eps, slot, seq, keys, block_table, W, page_size,
                       num_slots);
         for (int64_t i = 0; i < n_tail; i++) /* a last draft's pass for the verifier: nothing to sample */
@@ -1208,15 +1214,9 @@ void draft_loop(const Draft *m, int64_t B, const int64_t *rows0, const float *h0
         for (int64_t r = 0; r < T; r++) {
             int64_t b = r < n_live ? live[r] : tail[r - n_live], p = pos[b] + 1 + j;
             row_of[b] = r;
-            seq[r] = (int32_t)b;
-            keys[r] = (int32_t)(p + 1);
-            slot[r] = (int64_t)block_table[b * W + p / page_size] * page_size + p % page_size;
+            place_row(r, b, p, block_table, W, page_size, seq, keys, slot);
             memcpy(m->fc ? hat + r * 2 * d : x + r * d, m->fc ? cat + b * 2 * d : cat + b * 2 * d + d,
                    sizeof(float) * (m->fc ? 2 * d : d));
-        }
-        if (m->fc && T) {
-#pragma omp parallel
-            lin_rows(m->fc, hat, T, x, 0);
         }
     }
     free(x), free(hat), free(cat), free(logits), free(slot), free(row_of), free(seq), free(keys), free(live),

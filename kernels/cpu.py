@@ -273,18 +273,13 @@ def accept_round(logits: torch.Tensor, start: list[int], drafts: list[int], q: t
     → ([B, 3] int64: accepted, token, stop position or -1; whether a draft row was non-finite)."""
     B, V = noise.shape
     ints = torch.tensor(start + drafts + n_gen)  # one tensor for the three lists: a round is short
-    at = functools.partial(_offset, ints)
+    at, step = ints.data_ptr(), ints.element_size()
     out = torch.empty(B, 3, dtype=torch.long)
     sp = sampling_structs(params)  # held: the C call reads it
-    broken = _lib().accept_round(logits.data_ptr(), V, B, at(0), at(B + 1), q.data_ptr(), u.data_ptr(),
-                                 noise.data_ptr(), seen.data_ptr(), at(B + 1 + len(drafts)), min_steps,
+    broken = _lib().accept_round(logits.data_ptr(), V, B, at, at + (B + 1) * step, q.data_ptr(), u.data_ptr(),
+                                 noise.data_ptr(), seen.data_ptr(), at + (B + 1 + len(drafts)) * step, min_steps,
                                  ctypes.addressof(sp), out.data_ptr())
     return out, bool(broken)
-
-
-def _offset(t: torch.Tensor, i: int) -> int:
-    """The address of t's i-th element (t contiguous)."""
-    return t.data_ptr() + i * t.element_size()
 
 
 class DraftLoop:
