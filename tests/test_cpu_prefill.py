@@ -46,7 +46,7 @@ def _pass(rng: random.Random, H: int, D: int, page_size: int, rows_in_prefix: bo
     return meta, qkv.unbind(1), k_cache, v_cache
 
 
-@pytest.mark.parametrize("H,D", [(16, 32), (3, 64), (2, 96)])
+@pytest.mark.parametrize("H,D", [(16, 32), (3, 64), (2, 96), (1, 160)])  # 160: past the decode kernel's MAX_D
 def test_prefill_kernel_matches_the_reference_on_ragged_passes(avx512, kernel_calls, H, D):
     rng = random.Random(H * 1000 + D)
     for page_size in (16, 64):
