@@ -256,7 +256,7 @@ def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: 
 def _cpu_prefix_kernel(q: torch.Tensor, k_cache: torch.Tensor) -> bool:
     """A prefill pass (some new token in a text prefix: no decode kernel takes it) that kernels/cpu.c
     `prefix_attention` can run: fp32 on CPU, head_dim a multiple of 32, head-major pages."""
-    H, D = q.shape[1:]
+    D = q.shape[2]
     return (q.is_cpu and q.dtype == k_cache.dtype == torch.float32 and D % 32 == 0 and q.stride(2) == 1
             and q.stride(1) == D and k_cache.permute(2, 0, 1, 3).is_contiguous() and cpu.available())
 
