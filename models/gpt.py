@@ -131,6 +131,11 @@ class Blocks(nn.ModuleList):
             return run(x, meta.slot_mapping, *meta.row_plan, meta.block_table)
         return self.per_op(x, meta, kv_cache, start, end)
 
+    def train(self, mode: bool = True):
+        if mode != self.training:
+            _CPU_PLANS.pop(self, None)  # its packed weights go with the Linears' (Linear.train)
+        return super().train(mode)
+
     def per_op(self, x: torch.Tensor, meta: AttentionMetadata, kv_cache, start: int = 0, end: int | None = None):
         """The same blocks one torch op at a time (prefill, GPUs, unpacked weights; the kernel's reference)."""
         for i in range(start, len(self) if end is None else end):

@@ -73,7 +73,8 @@ class _Packs:
 class Linear(nn.Linear):
     """nn.Linear with weight storage [in, out] (one contiguous GEMM per call on CPU) and, at inference, the fastest
     exact GEMM for the row count (module docstring). Packed weights follow in-place weight updates (keyed on the
-    tensor version counter)."""
+    tensor version counter) and are dropped when the module changes between train and eval mode: fused optimisers
+    (`AdamW(fused=True)`) update weights without moving the version counter."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True):
         super().__init__(in_features, out_features, bias)
@@ -90,6 +91,11 @@ class Linear(nn.Linear):
                 y = gemm(x2)
                 return y if x.dim() == 2 else y.view(*x.shape[:-1], self.out_features)
         return F.linear(x, self.weight, self.bias)
+
+    def train(self, mode: bool = True):
+        if mode != self.training:
+            self._packed = None
+        return super().train(mode)
 
     def __getstate__(self):
         # packed weights are a cache over this module's own tensors: copies and pickles rebuild theirs

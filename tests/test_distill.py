@@ -3,8 +3,11 @@ checkpoint, and the trained file drafts for the engine with exact (greedy-identi
 import pytest
 import torch
 
-from specdec.distill import ALPHA_STEPS, DRAFT_TEMPERATURES, DistillConfig, Example, distill, tokens_per_round
+from specdec.distill import (ALPHA_STEPS, DRAFT_TEMPERATURES, DistillConfig, Example, acceptance, distill,
+                             tokens_per_round)
 from specdec.engine import Engine, Request
+from specdec.models.checkpoint import load_gpt
+from specdec.models.eagle import load_eagle
 from specdec.sampling import SamplingParams
 from test_spec import sticky_gpt
 
@@ -20,6 +23,9 @@ def test_training_raises_acceptance_and_resumes(tmp_path, kind, n_layer, precisi
     out, work = str(tmp_path / "draft.safetensors"), str(tmp_path / "work")
     cfg = dict(kind=kind, n_layer=n_layer, batch_tokens=1500, checkpoint_every=30, precision=precision)
     first = distill(target, data[:50], data[50:], out, work, DistillConfig(steps=60, **cfg))
+    # the report measures the trained weights: the file, loaded afresh, accepts exactly as reported
+    fresh = load_eagle(out, target.cfg) if kind == "eagle" else load_gpt(out)
+    assert acceptance(target, fresh, data[50:], SamplingParams()) == pytest.approx(first["alpha_after"], abs=1e-6)
     resumed = distill(target, data[:50], data[50:], out, work, DistillConfig(steps=150, **cfg))
     assert resumed["alpha_before"] == first["alpha_before"] and resumed["steps"] == 150
     assert resumed["alpha_after"][0] > first["alpha_before"][0] + 0.3  # step-1 acceptance, held out

@@ -46,6 +46,24 @@ def test_packed_weights_follow_in_place_updates():
     torch.testing.assert_close(after - lin.bias, 2 * (before - lin.bias), atol=1e-4, rtol=1e-5)
 
 
+def test_packed_weights_follow_a_fused_optimiser_step():
+    """AdamW(fused=True) updates weights without moving their version counter: the packs must go with the switch
+    back to eval mode, for few rows (packed as fp16 before the step) and many (oneDNN's blocked copy)."""
+    lin, x = _pair(True)
+    many = torch.randn(300, 512)
+    lin.eval()
+    with torch.no_grad():
+        lin(x), lin(many)  # packed
+    lin.train()
+    opt = torch.optim.AdamW(lin.parameters(), lr=1e-2, fused=True)
+    lin(many).square().mean().backward()
+    opt.step()
+    lin.eval()
+    with torch.no_grad():
+        for rows in (x, many):
+            torch.testing.assert_close(lin(rows), rows @ lin.weight.t() + lin.bias, atol=2e-5, rtol=1e-5)
+
+
 def test_many_rows_take_onednn_exactly_and_each_row_alone():
     """A prefill's rows (> cpu.MAX_ROWS) take oneDNN's fp32 GEMM over the blocked weights: as close to a float64 GEMM
     as torch's fp32 one, and every row's bits independent of the rows beside it — a batched prefill gives each
