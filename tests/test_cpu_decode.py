@@ -140,6 +140,24 @@ def test_decode_kernel_follows_in_place_weight_updates():
     torch.testing.assert_close(after, ref, atol=2e-5, rtol=1e-5)
 
 
+def test_decode_kernel_follows_a_fused_optimiser_step():
+    """AdamW(fused=True) leaves the version counters where they were: the kernel's plan must go with the switch back
+    to eval mode, as the Linears' packs do."""
+    gpt = _gpt()
+    kv, meta, x = _one_step_on_random_pages(gpt, [2, 0])
+    with torch.no_grad():
+        before = gpt(x, meta, kv)
+    gpt.train()
+    opt = torch.optim.AdamW(gpt.layers.parameters(), lr=1e-2, fused=True)
+    gpt.forward_dense(x[None], torch.ones(1, x.shape[0], x.shape[0], dtype=torch.bool)).square().mean().backward()
+    opt.step()
+    gpt.eval()
+    with torch.no_grad():
+        after, ref = gpt(x, meta, kv), gpt.layers.per_op(x, meta, kv)
+    assert not torch.allclose(before, after)
+    torch.testing.assert_close(after, ref, atol=2e-5, rtol=1e-5)
+
+
 def test_a_deep_copy_runs_on_its_own_weights():
     """The kernel's plan (pointers into packed weights) lives outside the module: a copy made after a decode step
     builds its own instead of reading the original's weights."""
