@@ -5,9 +5,8 @@ import torch
 
 from specdec.distill import (ALPHA_STEPS, DRAFT_TEMPERATURES, DistillConfig, Example, acceptance, distill,
                              tokens_per_round)
+from specdec.drafters import make_drafter
 from specdec.engine import Engine, Request
-from specdec.models.checkpoint import load_gpt
-from specdec.models.eagle import load_eagle
 from specdec.sampling import SamplingParams
 from test_spec import sticky_gpt
 
@@ -24,7 +23,7 @@ def test_training_raises_acceptance_and_resumes(tmp_path, kind, n_layer, precisi
     cfg = dict(kind=kind, n_layer=n_layer, batch_tokens=1500, checkpoint_every=30, precision=precision)
     first = distill(target, data[:50], data[50:], out, work, DistillConfig(steps=60, **cfg))
     # the report measures the trained weights: the file, loaded afresh, accepts exactly as reported
-    fresh = load_eagle(out, target.cfg) if kind == "eagle" else load_gpt(out)
+    fresh = make_drafter(out, target).model  # the engine's own loading of a draft file, either kind
     assert acceptance(target, fresh, data[50:], SamplingParams()) == pytest.approx(first["alpha_after"], abs=1e-6)
     resumed = distill(target, data[:50], data[50:], out, work, DistillConfig(steps=150, **cfg))
     assert resumed["alpha_before"] == first["alpha_before"] and resumed["steps"] == 150
