@@ -1075,52 +1075,79 @@ static int64_t race(const float *w, const float *e, int64_t n) {
     return best;
 }
 
-/* The speculative accept step of one round for B sequences (specdec.sampling.accept, with the target's rows warped
-   here as specdec.sampling.warp does): sequence b owns rows start[b] .. start[b+1]-1 of logits [N, V] (the pending
-   token's row, then one per draft) and the drafts start[b] - b .. start[b+1] - b - 2 of drafts [N - B], q [N - B, V]
-   (the distribution each came from) and u [N - B] (its uniform); noise [B, V] the race's exponentials (a banned
-   position reads the first V-1). seen [B, V] is the history before the round, n_gen[b] the tokens emitted before it
-   (EOS is banned at position i while n_gen + i < min_steps). Out [B, 3]: drafts accepted, the token drawn at the
-   first unaccepted position, the position generation stopped at or -1 (the triton accept's encoding). Returns 1 if a
+enum { ARGMAX_END, EOS_DRAFT_END, BONUS_END }; /* how a round's block ends (specdec.sampling.block_end) */
+
+/* The speculative accept step of one round for B sequences: block verification exactly as specdec.sampling.accept
+   (w and h in fp64, the block ended as `block_end` ends it), with the target's rows warped here as
+   specdec.sampling.warp does. Sequence b owns rows start[b] .. start[b+1]-1 of logits [N, V] (the pending token's
+   row, then one per draft) and the drafts start[b] - b .. start[b+1] - b - 2 of drafts [N - B], q [N - B, V] (the
+   distribution each came from) and u [N - B] (its uniform); noise [B, V] the race's exponentials (a banned position
+   reads the first V-1). seen [B, V] is the history before the round, n_gen[b] the tokens emitted before it (EOS is
+   banned at position i while n_gen + i < min_steps). Out [B, 3]: drafts accepted, the token drawn at the first
+   unaccepted position, the position generation stopped at or -1 (the triton accept's encoding). Returns 1 if a
    draft row holds a non-finite probability (a broken draft), else 0. */
 int accept_round(const float *logits, int64_t V, int64_t B, const int64_t *start, const int64_t *drafts,
                  const float *q, const float *u, const float *noise, const uint8_t *seen, const int64_t *n_gen,
                  int64_t min_steps, const Sampling *sp, int64_t *out) {
-    float *p = malloc(sizeof(float) * V);
+    int64_t kmax = 0;
+    for (int64_t b = 0; b < B; b++) kmax = start[b + 1] - start[b] - 1 > kmax ? start[b + 1] - start[b] - 1 : kmax;
+    float *p = malloc(sizeof(float) * (kmax + 1) * V); /* the block's warped target rows */
+    double *w = malloc(sizeof(double) * (kmax + 1));
     uint8_t *hist = malloc(V);
     Ranked *scratch = malloc(sizeof(Ranked) * V);
     int broken = 0;
     for (int64_t b = 0; b < B; b++) {
-        int64_t r0 = start[b], k = start[b + 1] - r0 - 1, j0 = r0 - b, n = 0, token = -1, stop = -1;
+        int64_t r0 = start[b], k = start[b + 1] - r0 - 1, j0 = r0 - b, g = k, stop = -1, token = -1;
+        const int64_t *d = drafts + j0;
+        const float *qb = q + j0 * V;
+        for (int64_t v = 0; v < k * V; v++) broken |= !isfinite(qb[v]);
+        /* the block (block_end): rows 0 .. g warped, g the first row whose argmax is EOS, or after a drafted EOS */
+        int how = BONUS_END;
         memcpy(hist, seen + b * V, V);
         for (int64_t i = 0; i <= k; i++) {
-            const float *qi = q + (j0 + i) * V;
-            if (i < k)
-                for (int64_t v = 0; v < V; v++) broken |= !isfinite(qi[v]);
-            int ban = n_gen[b] + i < min_steps;
-            int eos_top = warp_row(logits + (r0 + i) * V, hist, V, ban, sp + b, p, scratch);
-            int64_t d = i < k ? drafts[j0 + i] : -1, t;
-            int ok = i < k && u[j0 + i] * qi[d] < p[d];
-            if (ok) t = d;
-            else {
-                if (i < k)
-                    for (int64_t v = 0; v < V; v++) p[v] = p[v] - qi[v] > 0.0f ? p[v] - qi[v] : 0.0f;
-                t = race(p, noise + b * V, ban ? V - 1 : V);
-            }
-            if (eos_top || t == V - 1) {
-                stop = i;
+            if (warp_row(logits + (r0 + i) * V, hist, V, n_gen[b] + i < min_steps, sp + b, p + i * V, scratch)) {
+                g = i, how = ARGMAX_END;
                 break;
             }
-            if (!ok) {
-                token = t;
+            if (i < k && d[i] == V - 1) {
+                g = i + 1, how = EOS_DRAFT_END;
                 break;
             }
-            n++;
-            hist[d] = 1;
+            if (i < k) hist[d[i]] = 1;
         }
-        out[b * 3] = n, out[b * 3 + 1] = token, out[b * 3 + 2] = stop;
+        int64_t tau = 0;
+        w[0] = 1.0;
+        for (int64_t i = 1; i <= g; i++) {
+            double r = w[i - 1] * (double)p[(i - 1) * V + d[i - 1]] / (double)qb[(i - 1) * V + d[i - 1]], h;
+            w[i] = r < 1.0 ? r : 1.0;
+            if (i < g) {
+                double num = 0.0;
+                for (int64_t v = 0; v < V; v++) {
+                    double x = w[i] * (double)p[i * V + v] - (double)qb[i * V + v];
+                    num += x > 0.0 ? x : 0.0;
+                }
+                double den = num + (1.0 - w[i]);
+                h = den > 0.0 ? (num / den < 1.0 ? num / den : 1.0) : 1.0;
+            } else
+                h = w[i];
+            if ((double)u[j0 + i - 1] < h) tau = i;
+        }
+        if (tau == g && how != BONUS_END)
+            stop = how == EOS_DRAFT_END ? g - 1 : g;
+        else {
+            float *pt = p + tau * V;
+            int ban = n_gen[b] + tau < min_steps;
+            if (tau < g)
+                for (int64_t v = 0; v < V; v++) {
+                    double x = w[tau] * (double)pt[v] - (double)qb[tau * V + v];
+                    pt[v] = x > 0.0 ? (float)x : 0.0f;
+                }
+            token = race(pt, noise + b * V, ban ? V - 1 : V);
+            if (token == V - 1) stop = tau, token = -1;
+        }
+        out[b * 3] = stop >= 0 ? stop : tau, out[b * 3 + 1] = token, out[b * 3 + 2] = stop;
     }
-    free(p), free(hist), free(scratch);
+    free(p), free(w), free(hist), free(scratch);
     return broken;
 }
 

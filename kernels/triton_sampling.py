@@ -100,36 +100,59 @@ def _warp_kernel(logits_ptr, seen_ptr, tokens_ptr, query_start_loc_ptr, ban_ptr,
 @triton.jit
 def _accept_kernel(probs_ptr, draft_probs_ptr, tokens_ptr, argmax_eos_ptr, ban_ptr, uniform_ptr, noise_ptr,
                    query_start_loc_ptr, out_ptr, vocab, s_probs, s_draft, s_noise, BLOCK_V: tl.constexpr):
-    """One program per sequence: accept drafts while u·q(d) < p(d), then race the residual (or, all accepted,
-    the bonus distribution) against the exponential noise; apply the stop rule in position order.
-    out[b] = (drafts accepted, token at the first unaccepted position, position of the stop or -1)."""
+    """One program per sequence: block verification as `specdec.sampling.accept` (w and h in fp64; the block ends
+    at the first row whose argmax is EOS or after a drafted EOS), then the race of the residual (or, the whole block
+    kept, the bonus distribution) against the exponential noise.
+    out[b] = (drafts accepted, token at the first unaccepted position or -1, position of the stop or -1)."""
     b = tl.program_id(0)
     q0 = tl.load(query_start_loc_ptr + b)
     k = tl.load(query_start_loc_ptr + b + 1) - q0 - 1
     eos = vocab - 1
-    n = tl.full([], 0, tl.int32)  # drafts accepted so far; n < i once one was rejected
-    stop = tl.full([], -1, tl.int32)
-    for i in range(0, k):
-        if n == i:
-            row = (q0 + i).to(tl.int64)
-            d = tl.load(tokens_ptr + row + 1)
-            p_d = tl.load(probs_ptr + row * s_probs + d)
-            q_d = tl.load(draft_probs_ptr + row * s_draft + d)
-            if tl.load(uniform_ptr + row) * q_d < p_d:
-                if (stop < 0) & ((tl.load(argmax_eos_ptr + row) != 0) | (d == eos)):
-                    stop = i
-                n += 1
-    row = (q0 + n).to(tl.int64)
+    g = k  # drafts in the block; how it ends: 0 argmax EOS, 1 drafted EOS, 2 bonus (specdec.sampling.block_end)
+    how = tl.full([], 2, tl.int32)
+    for i in range(0, k + 1):
+        if how == 2:
+            if tl.load(argmax_eos_ptr + q0 + i) != 0:
+                g, how = i, tl.full([], 0, tl.int32)
+            elif i < k:
+                if tl.load(tokens_ptr + q0 + i + 1) == eos:
+                    g, how = i + 1, tl.full([], 1, tl.int32)
     v = tl.arange(0, BLOCK_V)
-    live = v < vocab - (tl.load(ban_ptr + row) != 0).to(tl.int32)  # a banned step races over the 1024 tokens only
-    w = tl.load(probs_ptr + row * s_probs + v, mask=live, other=0.0)
-    if n < k:
-        w = tl.maximum(w - tl.load(draft_probs_ptr + row * s_draft + v, mask=live, other=0.0), 0.0)
-    noise = tl.load(noise_ptr + b.to(tl.int64) * s_noise + v, mask=live, other=1.0)
-    token = tl.argmax(tl.where(live, tl.math.div_rn(w, noise), -1.0), 0, tie_break_left=True)
-    if (stop < 0) & ((tl.load(argmax_eos_ptr + row) != 0) | (token == eos)):
-        stop = n
-    tl.store(out_ptr + 3 * b, n)
+    w = tl.full([], 1.0, tl.float64)
+    w_tau = w
+    tau = tl.full([], 0, tl.int32)
+    for i in range(1, k + 1):
+        if i <= g:
+            row = (q0 + i - 1).to(tl.int64)
+            d = tl.load(tokens_ptr + row + 1)
+            ratio = w * tl.load(probs_ptr + row * s_probs + d).to(tl.float64)
+            w = tl.minimum(ratio / tl.load(draft_probs_ptr + row * s_draft + d).to(tl.float64), 1.0)
+            h = w
+            if i < g:
+                nxt = row + 1
+                p_i = tl.load(probs_ptr + nxt * s_probs + v, mask=v < vocab, other=0.0).to(tl.float64)
+                q_i = tl.load(draft_probs_ptr + nxt * s_draft + v, mask=v < vocab, other=0.0).to(tl.float64)
+                num = tl.sum(tl.maximum(w * p_i - q_i, 0.0), 0)
+                den = num + (1.0 - w)
+                h = tl.where(den > 0.0, tl.minimum(num / tl.where(den > 0.0, den, 1.0), 1.0), 1.0)
+            if tl.load(uniform_ptr + row).to(tl.float64) < h:
+                tau, w_tau = i, w
+    stop = tl.full([], -1, tl.int32)
+    token = tl.full([], -1, tl.int32)
+    if (tau == g) & (how != 2):
+        stop = g - how  # a drafted EOS is dropped with the stop
+    else:
+        row = (q0 + tau).to(tl.int64)
+        live = v < vocab - (tl.load(ban_ptr + row) != 0).to(tl.int32)  # a banned step races over the 1024 tokens only
+        wts = tl.load(probs_ptr + row * s_probs + v, mask=live, other=0.0)
+        if tau < g:
+            q_t = tl.load(draft_probs_ptr + row * s_draft + v, mask=live, other=0.0).to(tl.float64)
+            wts = tl.maximum(w_tau * wts.to(tl.float64) - q_t, 0.0).to(tl.float32)
+        noise = tl.load(noise_ptr + b.to(tl.int64) * s_noise + v, mask=live, other=1.0)
+        token = tl.argmax(tl.where(live, tl.math.div_rn(wts, noise), -1.0), 0, tie_break_left=True).to(tl.int32)
+        if token == eos:
+            stop, token = tau, tl.full([], -1, tl.int32)
+    tl.store(out_ptr + 3 * b, tl.where(stop >= 0, stop, tau))
     tl.store(out_ptr + 3 * b + 1, token)
     tl.store(out_ptr + 3 * b + 2, stop)
 

@@ -5,7 +5,8 @@ k·t_draft + t_verify(k). The policy picks the k ≤ k_max with the most tokens 
 step) included; a sequence that stopped drafting still drafts one token every PROBE_EVERY rounds, so its α stays
 current. α is estimated per sequence from its own rounds (accepted drafts vs. rejections, with exponential
 forgetting: speech alternates easy stretches — silences, steady vowels — with hard ones), starting from the
-engine's running estimate; costs are measured per engine, t_verify per k.
+engine's running estimate; costs are measured per engine, t_verify per k. (Block verification keeps longer prefixes
+than this token-by-token model; α, estimated from the prefixes it keeps, absorbs that.)
 Exactness does not depend on k: any k gives the target's distribution.
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Upstream GPT-SoVITS sampling, exactly, per position; and the speculative accept / resample step.
+"""Upstream GPT-SoVITS sampling, exactly, per position; and the speculative verification step (block verification).
 
 Upstream order (`AR/models/utils.py` logits_to_probs, `t2s_model.py` infer_panel_naive):
   1. repetition penalty over the set of tokens seen so far (prompt + generated), once per distinct id:
@@ -140,34 +140,69 @@ class Verdict:
         return Verdict(drafts[:stop], stop, True) if stop >= 0 else Verdict(drafts[:n] + [token], n, False)
 
 
+ARGMAX_STOP, EOS_DRAFT, BONUS = 0, 1, 2  # how a round's block ends (`block_end`)
+
+
+def block_end(drafts: list[int], argmax_eos: torch.Tensor, eos: int) -> tuple[int, int]:
+    """Where a round's block of drafts ends → (g, how): `g` drafts take part in verification; how = ARGMAX_STOP when
+    position g's argmax is EOS (sequential decoding stops there whatever it samples), EOS_DRAFT when draft g is EOS
+    (nothing follows it), else BONUS (g = k: position k's token is drawn from p_k)."""
+    k = len(drafts)
+    for i in range(k + 1):
+        if bool(argmax_eos[i]):
+            return i, ARGMAX_STOP
+        if i < k and drafts[i] == eos:
+            return i + 1, EOS_DRAFT
+    return k, BONUS
+
+
 def accept(p: torch.Tensor, q: torch.Tensor | None, drafts: list[int], argmax_eos: torch.Tensor, ban_eos: list[bool],
            eos: int, generator: torch.Generator | None) -> Verdict:
-    """Speculative accept / resample for one sequence (Leviathan et al. 2023, Chen et al. 2023).
+    """Speculative verification of one sequence's round by block verification (Sun et al. 2024, "Block
+    Verification Accelerates Speculative Decoding"): exact like token-by-token verification (Leviathan et al. 2023)
+    and never keeps fewer tokens — it judges the block jointly instead of stopping at the first draft whose own
+    ratio fails.
 
-    p [k+1, V] target probabilities per position, q [k, V] the distributions the drafts were sampled from
-    (one-hot rows for deterministic drafters), drafts: k token ids. Draft i is accepted with probability
-    min(1, p_i/q_i); the first rejection is replaced by a sample of norm(max(0, p_i - q_i)); if all pass, a bonus
-    token is sampled from p_{k+1}. The stop rule (argmax == EOS or token == EOS, token dropped) is applied per
-    position in order, exactly where sequential decoding would have applied it. With k = 0 this is plain sampling.
+    p [k+1, V] target probabilities per position (row i: history including drafts before i), q [k, V] the
+    distributions the drafts were sampled from (one-hot rows for deterministic drafters; q_i(d_i) > 0), drafts: k
+    token ids.
+    With w_0 = 1, w_i = min(1, w_{i-1} p_{i-1}(d_{i-1}) / q_{i-1}(d_{i-1})) and, for i < g,
+    h_i = Σ_x max(0, w_i p_i(x) − q_i(x)) / (Σ_x max(0, w_i p_i(x) − q_i(x)) + 1 − w_i), h_g = w_g, the round keeps
+    τ = the last i with u_i < h_i (0 if none) drafts and draws position τ's token from norm(max(0, w_τ p_τ − q_τ)),
+    or from p_g when τ = g. The stop rule (argmax == EOS or token == EOS, token dropped) ends the block where
+    sequential decoding would stop (`block_end`). With k = 0 this is plain sampling. w and h are computed in fp64 so
+    that every backend (this, kernels/cpu.c, the Triton kernel) decides alike.
     """
     k, V = len(drafts), p.shape[-1]
-    out: list[int] = []
     if k and not bool(torch.isfinite(q).all()):
         raise RuntimeError("the draft returned non-finite probabilities (a broken draft model?)")
     u, noise = round_noise(k, ban_eos[0], V, generator)
-    if k:
-        pd = p[torch.arange(k), drafts]
-        qd = q[torch.arange(k), drafts]
-        ok = (u * qd < pd).tolist()
-    for i in range(k + 1):
-        if i < k and ok[i]:
-            token = drafts[i]
+    g, how = block_end(drafts, argmax_eos, eos)
+    w, h = block_weights(p, q, drafts[:g])
+    tau = max((i for i in range(1, g + 1) if float(u[i - 1]) < h[i - 1]), default=0)
+    if tau == g and how != BONUS:
+        stop = g - 1 if how == EOS_DRAFT else g
+        return Verdict(drafts[:stop], stop, True)
+    weights = p[tau] if tau == g else torch.clamp(w[tau] * p[tau].double() - q[tau].double(), min=0).float()
+    token = race(weights, noise[:V - 1 if ban_eos[tau] else V])
+    if token == eos:
+        return Verdict(drafts[:tau], tau, True)
+    return Verdict(drafts[:tau] + [token], tau, False)
+
+
+def block_weights(p: torch.Tensor, q: torch.Tensor | None, drafts: list[int]) -> tuple[list[float], list[float]]:
+    """Block verification's w_0 … w_g and h_1 … h_g (`accept`) for a block of g drafts, in fp64."""
+    g = len(drafts)
+    w, h = [1.0], []
+    if not g:
+        return w, h
+    pd, qd = p[torch.arange(g), drafts].tolist(), q[torch.arange(g), drafts].tolist()
+    for i in range(1, g + 1):
+        w.append(min(w[-1] * pd[i - 1] / qd[i - 1], 1.0))
+        if i < g:
+            num = float(torch.clamp(w[i] * p[i].double() - q[i].double(), min=0).sum())
+            den = num + (1.0 - w[i])
+            h.append(min(num / den, 1.0) if den > 0 else 1.0)
         else:
-            weights = torch.clamp(p[i] - q[i], min=0) if i < k else p[i]
-            token = race(weights, noise[:V - 1 if ban_eos[i] else V])
-        if bool(argmax_eos[i]) or token == eos:
-            return Verdict(out, min(i, k), True)
-        out.append(token)
-        if i < k and not ok[i]:
-            return Verdict(out, i, False)
-    return Verdict(out, k, False)
+            h.append(w[i])
+    return w, h

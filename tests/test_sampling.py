@@ -1,6 +1,10 @@
 """The upstream warper chain, and the speculative accept/resample step's distribution."""
+import itertools
+from collections import Counter
+
 import pytest
 import torch
+from scipy.stats import chisquare
 
 from specdec.sampling import SamplingParams, accept, seen_block, warp
 from specdec.errors import SpecdecError
@@ -112,3 +116,69 @@ def test_the_distribution_test_catches_a_wrong_q():
     wrong = torch.softmax(torch.log(q[:2].clamp_min(1e-9)) / 1.5, -1)  # q at another temperature
     hist = _emitted_histograms(p, q[:2], n, k=2, draft_q=wrong)
     assert _tv(hist[0], p[0]) > 3 / n ** 0.5
+
+
+def _tree(vocab, depth, seed, zeros=True):
+    """Context-dependent next-token distributions of a target (p) and a draft (q) for every prefix of up to `depth`
+    tokens, with `zeros` some entries zero (as top-k truncation makes them)."""
+    g = torch.Generator().manual_seed(seed)
+    p, q = {}, {}
+    for n in range(depth + 1):
+        for prefix in itertools.product(range(vocab), repeat=n):
+            for table in (p, q):
+                x = torch.softmax(torch.randn(vocab, generator=g) * 1.5, -1)
+                if zeros and torch.rand(1, generator=g) < 0.3:
+                    x[torch.randint(vocab, (1,), generator=g)] = 0
+                table[prefix] = x / x.sum()
+    return p, q
+
+
+def _joint_counts(p, q, k, n, seed, verifier_p=None):
+    """n rounds: k drafts sampled from q along their own prefix, verified against p's rows for that prefix (or
+    `verifier_p`'s), the round's tokens continued by sampling the target to k + 1 tokens → counts per sequence."""
+    g = torch.Generator().manual_seed(seed)
+    rows = verifier_p or p
+    counts = Counter()
+    for _ in range(n):
+        drafts = []
+        for _ in range(k):
+            drafts.append(int(torch.multinomial(q[tuple(drafts)], 1, generator=g)))
+        prefixes = [tuple(drafts[:i]) for i in range(k + 1)]
+        v = accept(torch.stack([rows[x] for x in prefixes]), torch.stack([q[x] for x in prefixes[:k]]), drafts,
+                   torch.zeros(k + 1, dtype=torch.bool), [False] * (k + 1), eos=-1, generator=g)
+        seq = list(v.tokens)
+        while len(seq) < k + 1:
+            seq.append(int(torch.multinomial(p[tuple(seq)], 1, generator=g)))
+        counts[tuple(seq)] += 1
+    return counts
+
+
+def _joint_fit(p, counts, vocab, k):
+    """χ² p-value of the counts against the target's own joint distribution of k + 1 tokens (0 if a sequence the
+    target cannot produce occurs)."""
+    cells = list(itertools.product(range(vocab), repeat=k + 1))
+    expected = torch.tensor([float(torch.prod(torch.stack([p[s[:i]][s[i]] for i in range(k + 1)]))) for s in cells],
+                            dtype=torch.float64)
+    observed = torch.tensor([counts[s] for s in cells], dtype=torch.float64)
+    if observed[expected == 0].sum() > 0:
+        return 0.0
+    live = expected > 0
+    n = observed.sum()
+    return chisquare(observed[live].numpy(), (expected[live] / expected[live].sum() * n).numpy()).pvalue
+
+
+def test_block_verification_keeps_the_targets_joint_distribution():
+    """Rounds of 3 drafts over 3 tokens with context-dependent p and q: the round's tokens, continued by the target,
+    are distributed as the target's own 4-token sequences (81 cells, χ² at 1e-3)."""
+    vocab, k = 3, 3
+    p, q = _tree(vocab, k + 1, seed=1)
+    assert _joint_fit(p, _joint_counts(p, q, k, 30_000, seed=2), vocab, k) > 1e-3
+
+
+def test_the_joint_test_catches_a_verifier_that_ignores_the_drafted_context():
+    """Power check: verifying every position against the distribution after no drafts is caught (on a tree without
+    zeros, so by the χ² test, not by an impossible sequence)."""
+    vocab, k = 3, 3
+    p, q = _tree(vocab, k + 1, seed=1, zeros=False)
+    blind = {x: p[()] for x in p}
+    assert _joint_fit(p, _joint_counts(p, q, k, 30_000, seed=2, verifier_p=blind), vocab, k) < 1e-3
