@@ -338,7 +338,8 @@ def _add_distill(sub) -> None:
     p = sub.add_parser("distill", help="train a draft on the target's own warped distributions (resumable)",
                        description="The target generates a sequence for every line of --texts (upstream default "
                                    "sampling, prompted by --voice if given); a draft then learns the target's warped "
-                                   "next-token distribution on them (KL). The last 10%% of lines are held out; "
+                                   "next-token distribution on them (minimising its rejection rate, plus a little KL). "
+                                   "The last 10%% of lines are held out; "
                                    "acceptance on them is reported before and after. Re-running resumes.")
     p.add_argument("--target", required=True, help="target GPT file (upstream .ckpt or specdec .safetensors)")
     p.add_argument("--texts", required=True, help="UTF-8 file, one sentence per line (≥ 10 lines)")

@@ -145,7 +145,7 @@ def step_draft(args) -> None:
         task = p.add_task(name, total=cfg.steps)
         report = distill(target, *voicebuild.pair_examples(train, test), os.path.join(args.data, f"{name}.safetensors"),
                          os.path.join(args.data, "ckpt", name), cfg,
-                         progress=lambda i, n, kl: p.update(task, completed=i, description=f"{name} KL {kl:.3f}"))
+                         progress=lambda i, n, loss: p.update(task, completed=i, description=f"{name} loss {loss:.3f}"))
     _fp16_copy(os.path.join(args.data, f"{name}.safetensors"), target)
     with open(os.path.join(args.data, f"{name}_report.json"), "w") as f:
         json.dump(report, f, indent=1)
