@@ -17,17 +17,15 @@ from rich.console import Console
 
 from specdec import bench, demo
 from specdec.cli import _load_target
+from specdec.distill import tokens_per_round
 from specdec.engine import Engine, Request
 from specdec.sampling import BONUS, MIN_STEPS_BEFORE_EOS, SamplingParams, block_end, block_weights, seen_block, warp
 
 
-def expected_tokens(p: torch.Tensor, q: torch.Tensor, drafts: list[int]) -> tuple[float, float]:
+def round_expectations(p: torch.Tensor, q: torch.Tensor, drafts: list[int]) -> tuple[float, float]:
     """Expected tokens of one round (the k + 1-th included): token-by-token 1 + Σ_i Π_{j≤i} min(1, p_j/q_j), block
     verification Σ_t (t + 1) P(τ = t) with P(τ = t) = h_t Π_{j>t} (1 − h_j)."""
-    token, run = 1.0, 1.0
-    for i, d in enumerate(drafts):
-        run *= min(1.0, float(p[i, d] / q[i, d]))
-        token += run
+    token = tokens_per_round(tuple(min(1.0, float(p[i, d] / q[i, d])) for i, d in enumerate(drafts)))
     _, h = block_weights(p, q, drafts)
     block, tail = 0.0, 1.0
     for t in range(len(drafts), -1, -1):
@@ -58,7 +56,7 @@ class Recording(Engine):
             if block_end(p.drafts, argmax_eos[rows], self.target.cfg.eos)[1] != BONUS:
                 self.stopped += 1
                 continue
-            self.rounds.append(expected_tokens(probs[rows], p.q.float(), p.drafts))
+            self.rounds.append(round_expectations(probs[rows], p.q.float(), p.drafts))
         return super()._accept(seqs, logits, proposals)
 
 
