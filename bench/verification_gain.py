@@ -19,7 +19,7 @@ from specdec import bench, demo
 from specdec.cli import _load_target
 from specdec.distill import tokens_per_round
 from specdec.engine import Engine, Request
-from specdec.sampling import BONUS, MIN_STEPS_BEFORE_EOS, SamplingParams, block_end, block_weights, seen_block, warp
+from specdec.sampling import BONUS, SamplingParams, block_end, block_weights
 
 
 def round_expectations(p: torch.Tensor, q: torch.Tensor, drafts: list[int]) -> tuple[float, float]:
@@ -42,11 +42,7 @@ class Recording(Engine):
         self.rounds, self.stopped = [], 0
 
     def _accept(self, seqs, logits, proposals):
-        ban = [[len(s.generated) + i < MIN_STEPS_BEFORE_EOS for i in range(len(p.drafts) + 1)]
-               for s, p in zip(seqs, proposals)]
-        seen = [seen_block(s.seen, torch.tensor(p.drafts, dtype=torch.long)) for s, p in zip(seqs, proposals)]
-        probs, argmax_eos = warp(logits.float(), torch.cat(seen), torch.tensor(sum(ban, [])),
-                                 [s.request.params for s, p in zip(seqs, proposals) for _ in range(len(p.drafts) + 1)])
+        probs, argmax_eos = self._warped(seqs, logits.float(), proposals, self._bans(seqs, proposals))
         r0 = 0
         for p in proposals:
             rows = slice(r0, r0 + len(p.drafts) + 1)

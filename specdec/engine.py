@@ -301,8 +301,7 @@ class Engine:
         if not triton and logits.is_cpu and cpu.available():
             verdicts = self._verdicts_cpu(seqs, logits.float(), proposals)
         else:
-            ban = [[len(s.generated) + i < MIN_STEPS_BEFORE_EOS for i in range(len(p.drafts) + 1)]
-                   for s, p in zip(seqs, proposals)]
+            ban = self._bans(seqs, proposals)
             verdicts = (self._verdicts_triton if triton else self._verdicts_torch)(seqs, logits, proposals, ban)
         accepted = []
         for s, p, verdict in zip(seqs, proposals, verdicts):
@@ -313,10 +312,22 @@ class Engine:
             accepted.append(verdict.num_accepted)
         return accepted
 
-    def _verdicts_torch(self, seqs, logits, proposals, ban) -> list[Verdict]:
+    @staticmethod
+    def _bans(seqs, proposals) -> list[list[bool]]:
+        """Per sequence and verified position: EOS banned there (its absolute step is below MIN_STEPS_BEFORE_EOS)."""
+        return [[len(s.generated) + i < MIN_STEPS_BEFORE_EOS for i in range(len(p.drafts) + 1)]
+                for s, p in zip(seqs, proposals)]
+
+    @staticmethod
+    def _warped(seqs, logits, proposals, ban) -> tuple[torch.Tensor, torch.Tensor]:
+        """The target's rows of a round warped in one batched call (row i of a sequence penalises its drafts before
+        i) → probs [N, V], argmax_eos [N]."""
         seen = [seen_block(s.seen, torch.tensor(p.drafts, dtype=torch.long)) for s, p in zip(seqs, proposals)]
         params = [s.request.params for s, p in zip(seqs, proposals) for _ in range(len(p.drafts) + 1)]
-        probs, argmax_eos = warp(logits, torch.cat(seen), torch.tensor(sum(ban, [])), params)
+        return warp(logits, torch.cat(seen), torch.tensor(sum(ban, [])), params)
+
+    def _verdicts_torch(self, seqs, logits, proposals, ban) -> list[Verdict]:
+        probs, argmax_eos = self._warped(seqs, logits, proposals, ban)
         verdicts, q0 = [], 0
         for s, p, b in zip(seqs, proposals, ban):
             ql = len(p.drafts) + 1

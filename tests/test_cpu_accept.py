@@ -55,9 +55,7 @@ def test_c_accept_gives_the_torch_verdicts():
     for _ in range(400):
         seqs, proposals, logits = _round(rng, g, V)
         states = [s.generator.get_state() for s in seqs]
-        ban = [[len(s.generated) + i < MIN_STEPS_BEFORE_EOS for i in range(len(p.drafts) + 1)]
-               for s, p in zip(seqs, proposals)]
-        ref = Engine._verdicts_torch(engine, seqs, logits, proposals, ban)
+        ref = Engine._verdicts_torch(engine, seqs, logits, proposals, Engine._bans(seqs, proposals))
         for s, st in zip(seqs, states):
             s.generator.set_state(st)
         got = Engine._verdicts_cpu(engine, seqs, logits, proposals)
